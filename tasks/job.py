@@ -1,0 +1,117 @@
+"""The job spec: what to ask of every row. Loadable from YAML; CLI flags override fields."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.errors import JobSpecError
+from tasks.template import PromptTemplate
+
+# Request fields that grok-batch owns; a job may not set them through `params`.
+_RESERVED_PARAMS = {
+    "model": "set `model` at the top level of the job",
+    "messages": "messages are built from `system` and `prompt`",
+    "stream": "batch requests cannot stream",
+    "n": "one answer per row: n must stay 1",
+}
+# xAI caps a file at 50,000 requests; the Files API at 48-50 MB (reference §1.1, §3).
+MAX_SHARD_LINES = 50_000
+DEFAULT_SHARD_BYTES = 45 * 1024 * 1024
+
+
+class JobSpec(BaseModel):
+    """One question for every row of a table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model: str = Field(min_length=1)
+    system: str | None = None
+    prompt: str = Field(min_length=1, description="Template with {{ column }} placeholders")
+    params: dict[str, Any] = Field(default_factory=dict)
+    id_column: str | None = None
+    provider: Literal["xai"] = "xai"
+    output: str | None = None
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    shard_max_lines: int = Field(default=MAX_SHARD_LINES, ge=1, le=MAX_SHARD_LINES)
+    shard_max_bytes: int = Field(default=DEFAULT_SHARD_BYTES, ge=1024, le=200 * 1024 * 1024)
+    result_prefix: str = ""
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_parses(cls, value: str) -> str:
+        PromptTemplate(value)  # raises ValueError with the template's own complaint
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_request_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in _RESERVED_PARAMS:
+                raise ValueError(f"params.{key} is not allowed: {_RESERVED_PARAMS[key]}")
+        return value
+
+    @property
+    def template(self) -> PromptTemplate:
+        return PromptTemplate(self.prompt)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the requests sent (not where output goes)."""
+        relevant = self.model_dump(exclude={"output", "name"})
+        canonical = json.dumps(relevant, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"{source} is not a valid job:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (allowed: " + ", ".join(JobSpec.model_fields) + ")"
+        lines.append(f"  - field `{field}`: {message}")
+    return "\n".join(lines)
+
+
+def read_job_file(path: Path) -> dict[str, Any]:
+    """Raw mapping from a YAML job file, with errors that name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobSpecError(f"job file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobSpecError(f"job file {path} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise JobSpecError(f"job file {path} must hold a mapping of fields, not {type(data).__name__}")
+    return data
+
+
+def build_job(
+    job_file: Path | None = None, overrides: dict[str, Any] | None = None, *, source: str = ""
+) -> JobSpec:
+    """The job from a YAML file (optional) with non-None `overrides` on top."""
+    fields: dict[str, Any] = read_job_file(job_file) if job_file else {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "params":
+            fields["params"] = {**(fields.get("params") or {}), **value}
+        else:
+            fields[key] = value
+    label = source or (f"job file {job_file}" if job_file else "the job given by flags")
+    try:
+        return JobSpec.model_validate(fields)
+    except ValidationError as exc:
+        raise JobSpecError(_format_validation_error(label, exc)) from None

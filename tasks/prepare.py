@@ -1,0 +1,303 @@
+"""prepare: input table -> JSONL request shards + rows manifest, streaming in Arrow.
+
+Request lines are assembled column-wise: the JSON around the prompt is the same for
+every row, so only custom_id and prompt are escaped (by Arrow kernels) and joined
+between constant pieces; shard files are written straight from Arrow's buffers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.errors import InputError
+from tasks.job import JobSpec
+from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS
+from tasks.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
+from tasks.table_io import CsvColumnTypeError, TableSource, file_sha256
+
+MAX_REQUEST_BYTES = 25 * 1024 * 1024  # xAI's per-request limit (reference §3)
+_SAFE_ID = r"^[A-Za-z0-9_.:-]{1,40}$"
+_CONTROL = r"[\x00-\x1f]"
+
+
+def json_string_literals(values: pa.Array) -> pa.Array:
+    """Each string as a JSON string literal (quotes included), without Python per row."""
+    escaped = pc.replace_substring(values, "\\", "\\\\")
+    for raw, quoted in (('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        escaped = pc.replace_substring(escaped, raw, quoted)
+    has_control = pc.match_substring_regex(escaped, _CONTROL)
+    if pc.any(has_control).as_py():  # rare: other control characters, escaped by json
+        mask = has_control.to_numpy(zero_copy_only=False)
+        originals = values.to_pylist()
+        fixed = [
+            json.dumps(originals[i], ensure_ascii=False)[1:-1] if mask[i] else None
+            for i in range(len(values))
+        ]
+        escaped = pc.if_else(has_control, pa.array(fixed, type=pa.string()), escaped)
+    return pc.binary_join_element_wise('"', escaped, '"', "")
+
+
+def request_line_parts(job: JobSpec) -> tuple[str, str, str]:
+    """The constant JSON around custom_id and prompt in every request line."""
+    head = '{"custom_id":'
+    messages = '[{"role":"system","content":' + json.dumps(job.system, ensure_ascii=False) + "},"
+    body = (
+        ',"method":"POST","url":"/v1/chat/completions","body":{"model":'
+        + json.dumps(job.model, ensure_ascii=False)
+        + ',"messages":'
+        + (messages if job.system else "[")
+        + '{"role":"user","content":'
+    )
+    params = "".join(
+        "," + json.dumps(key) + ":" + json.dumps(value, ensure_ascii=False)
+        for key, value in job.params.items()
+    )
+    tail = "}]" + params + "}}\n"
+    return head, body, tail
+
+
+def make_custom_ids(prefix: str, row_index: pa.Array, ids: pa.Array | None) -> pa.Array:
+    """`prefix-<id>` for short plain ids, `prefix~<hash>` for others, `prefix-<row>` without ids."""
+    if ids is None:
+        return pc.binary_join_element_wise(prefix + "-", pc.cast(row_index, pa.string()), "")
+    text = pc.cast(ids, pa.string())
+    safe = pc.match_substring_regex(text, _SAFE_ID)
+    plain = pc.binary_join_element_wise(prefix + "-", text, "")
+    if pc.all(safe).as_py():
+        return plain
+    hashed = [
+        None if ok else f"{prefix}~{hashlib.sha256(value.encode('utf-8')).hexdigest()[:24]}"
+        for ok, value in zip(safe.to_pylist(), text.to_pylist(), strict=True)
+    ]
+    return pc.if_else(safe, plain, pa.array(hashed, type=pa.string()))
+
+
+class _ShardWriter:
+    """Appends request lines to shards, rolling over at the line and byte limits."""
+
+    def __init__(self, paths: RunPaths, round_no: int, max_lines: int, max_bytes: int) -> None:
+        self.paths, self.round_no = paths, round_no
+        self.max_lines, self.max_bytes = max_lines, max_bytes
+        self.shards: list[ShardInfo] = []
+        self._handle: IO[bytes] | None = None
+        self._lines = self._bytes = 0
+
+    def _roll(self) -> None:
+        self._close_current()
+        shard_no = len(self.shards)
+        path = self.paths.shard(self.round_no, shard_no)
+        self._handle = path.open("wb")
+        self.shards.append(ShardInfo(self.round_no, shard_no, str(path), 0, 0))
+        self._lines = self._bytes = 0
+
+    def _close_current(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            last = self.shards[-1]
+            self.shards[-1] = ShardInfo(last.round_no, last.shard_no, last.path, self._lines, self._bytes)
+            self._handle = None
+
+    def write(self, lines: pa.Array) -> np.ndarray:
+        """Write `lines` (no nulls); returns the shard number of each line."""
+        lines = lines.cast(pa.string())
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+        data = memoryview(lines.buffers()[2]) if lines.buffers()[2] is not None else memoryview(b"")
+        shard_of = np.empty(len(lines), dtype=np.int32)
+        start = 0
+        while start < len(lines):
+            if self._handle is None or self._lines >= self.max_lines:
+                self._roll()
+            room_bytes = self.max_bytes - self._bytes
+            ends = offsets[start + 1 :] - offsets[start]
+            fit = int(np.searchsorted(ends, room_bytes, side="right"))
+            fit = min(fit, self.max_lines - self._lines, len(lines) - start)
+            if fit == 0:
+                if self._lines == 0:  # a single line larger than a shard: it goes alone
+                    fit = 1
+                else:
+                    self._roll()
+                    continue
+            stop = start + fit
+            assert self._handle is not None
+            self._handle.write(data[offsets[start] : offsets[stop]])
+            shard_of[start:stop] = len(self.shards) - 1
+            self._lines += fit
+            self._bytes += int(offsets[stop] - offsets[start])
+            start = stop
+        return shard_of
+
+    def close(self) -> list[ShardInfo]:
+        self._close_current()
+        return self.shards
+
+
+@dataclass
+class _Rendered:
+    custom_ids: pa.Array
+    row_index: pa.Array
+    shard: pa.Array
+    reject_reason: pa.Array
+
+
+def check_result_columns(schema: pa.Schema, job: JobSpec, source: str) -> None:
+    clashes = [job.result_prefix + c for c in OUTPUT_RESULT_COLUMNS if job.result_prefix + c in schema.names]
+    if clashes:
+        raise InputError(
+            f"{source}: input column(s) {', '.join(map(repr, clashes))} clash with the result columns "
+            "grok-batch adds; set `result_prefix` in the job (or --result-prefix), e.g. 'grok_'"
+        )
+
+
+def prepare_run(source: TableSource, job: JobSpec, runs_root: Path) -> RunPlan:
+    """Render the table into request shards under runs_root/<run_key>, or reuse that run."""
+    source.check_readable()
+    input_sha = file_sha256(source.path)
+    key = run_key(input_sha, job.fingerprint())
+    paths = RunPaths(runs_root / key)
+    if paths.plan.exists():
+        return RunPlan.load(paths)
+    while True:
+        try:
+            return _prepare_once(source, job, paths, key, input_sha)
+        except CsvColumnTypeError as exc:  # a later block broke the inferred type: read as text
+            source = source.with_text_column(exc.column)
+
+
+def _prepare_once(source: TableSource, job: JobSpec, paths: RunPaths, key: str, input_sha: str) -> RunPlan:
+    schema = source.schema()
+    label = str(source.path)
+    job.template.check_schema(schema, label)
+    check_result_columns(schema, job, label)
+    if job.id_column is not None and job.id_column not in schema.names:
+        raise InputError(
+            f"{label}: id_column {job.id_column!r} is not a column of the table. "
+            f"Columns present: {', '.join(schema.names)}"
+        )
+    staging = paths.run_dir.with_name(paths.run_dir.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted prepare
+    try:
+        plan = _write_staged(source, job, schema, RunPaths(staging), paths, key, input_sha)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.replace(paths.run_dir)
+    return plan
+
+
+def _write_staged(
+    source: TableSource,
+    job: JobSpec,
+    schema: pa.Schema,
+    staged: RunPaths,
+    paths: RunPaths,
+    key: str,
+    input_sha: str,
+) -> RunPlan:
+    label = str(source.path)
+    staged.requests_dir.mkdir(parents=True)
+    writer = _ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes)
+    head, middle, tail = request_line_parts(job)
+    prefix = key[:8]
+    total = rejected = 0
+    id_chunks: list[pa.Array] = []
+    with pq.ParquetWriter(staged.manifest, MANIFEST_SCHEMA) as manifest:
+        for batch in source.batches():
+            row_index = pa.array(np.arange(total, total + batch.num_rows, dtype=np.int64))
+            ids = None
+            if job.id_column is not None:
+                ids = batch.column(job.id_column)
+                _check_no_null_ids(ids, total, job.id_column, label)
+                id_chunks.append(pc.cast(ids, pa.string()))
+            rendered = _render_batch(batch, job, writer, head, middle, tail, prefix, row_index, ids)
+            manifest.write_batch(
+                pa.record_batch(
+                    [rendered.custom_ids, rendered.row_index, rendered.shard, rendered.reject_reason],
+                    schema=MANIFEST_SCHEMA,
+                )
+            )
+            total += batch.num_rows
+            rejected += len(rendered.reject_reason) - rendered.reject_reason.null_count
+    shards = writer.close()
+    if total == 0:
+        raise InputError(f"{label} has a header but no data rows")
+    if id_chunks:
+        _check_unique_ids(pa.chunked_array(id_chunks), job.id_column or "", label)
+    save_schema(schema if source.format == "parquet" else _resolved_schema(source, schema), staged.schema)
+    plan = RunPlan(
+        run_key=key,
+        input_path=str(source.path.resolve()),
+        input_sha256=input_sha,
+        job=job.model_dump(mode="json"),
+        total_rows=total,
+        rejected_rows=rejected,
+        shards=[ShardInfo(s.round_no, s.shard_no, str(paths.shard(s.round_no, s.shard_no)), s.lines, s.bytes) for s in shards],
+    )
+    plan.save(staged)
+    return plan
+
+
+def _resolved_schema(source: TableSource, inferred: pa.Schema) -> pa.Schema:
+    fields = [pa.field(f.name, pa.string()) if f.name in source.text_columns else f for f in inferred]
+    return pa.schema(fields)
+
+
+def _render_batch(
+    batch: pa.RecordBatch,
+    job: JobSpec,
+    writer: _ShardWriter,
+    head: str,
+    middle: str,
+    tail: str,
+    prefix: str,
+    row_index: pa.Array,
+    ids: pa.Array | None,
+) -> _Rendered:
+    custom_ids = make_custom_ids(prefix, row_index, ids)
+    prompts = job.template.render(batch)
+    lines = pc.binary_join_element_wise(
+        head, json_string_literals(custom_ids), middle, json_string_literals(prompts), tail, ""
+    )
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
+    too_big = pc.greater(pc.binary_length(lines), MAX_REQUEST_BYTES)
+    reasons = pc.if_else(
+        empty,
+        "empty prompt: the template rendered no text for this row",
+        pc.if_else(too_big, "request larger than the 25 MB xAI accepts per request", pa.scalar(None, pa.string())),
+    )
+    keep = pc.is_null(reasons)
+    shard = np.full(batch.num_rows, -1, dtype=np.int32)
+    keep_mask = keep.to_numpy(zero_copy_only=False)
+    if keep_mask.any():
+        shard[keep_mask] = writer.write(lines.filter(keep))
+    shard_array = pc.if_else(keep, pa.array(shard, type=pa.int32()), pa.scalar(None, pa.int32()))
+    return _Rendered(custom_ids, row_index, shard_array, reasons)
+
+
+def _check_no_null_ids(ids: pa.Array, offset: int, column: str, label: str) -> None:
+    if ids.null_count:
+        first = pc.index(pc.is_null(ids), True).as_py()
+        raise InputError(
+            f"{label}: id_column {column!r} is empty on row {offset + first + 1} "
+            f"({ids.null_count} empty id(s) in this block); every row needs an id"
+        )
+
+
+def _check_unique_ids(ids: pa.ChunkedArray, column: str, label: str) -> None:
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        examples = ", ".join(repr(v["values"]) for v in repeated.to_pylist()[:5])
+        raise InputError(
+            f"{label}: id_column {column!r} has {len(repeated)} duplicated value(s), e.g. {examples}; "
+            "ids must be unique so every answer finds its row"
+        )

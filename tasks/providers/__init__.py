@@ -1,0 +1,1 @@
+"""Providers: one small interface, one module per batch protocol."""

@@ -1,0 +1,92 @@
+"""Where a run keeps its row-level files, and the small plan prepare leaves behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+
+def run_key(input_sha256: str, job_fingerprint: str) -> str:
+    """Same file + same job = same key, so a rerun finds the run it started before."""
+    return hashlib.sha256(f"{input_sha256}:{job_fingerprint}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.run_dir / "run.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.run_dir / "rows.parquet"
+
+    @property
+    def schema(self) -> Path:
+        return self.run_dir / "input-schema.arrow"
+
+    @property
+    def requests_dir(self) -> Path:
+        return self.run_dir / "requests"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.run_dir / "results"
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "report.md"
+
+    def shard(self, round_no: int, shard_no: int) -> Path:
+        return self.requests_dir / f"round{round_no}-shard{shard_no:05d}.jsonl"
+
+    def results(self, batch_name: str) -> Path:
+        return self.results_dir / f"{batch_name}.parquet"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    round_no: int
+    shard_no: int
+    path: str
+    lines: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What prepare produced; written once, atomically, as run.json."""
+
+    run_key: str
+    input_path: str
+    input_sha256: str
+    job: dict[str, Any]
+    total_rows: int
+    rejected_rows: int
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    def save(self, paths: RunPaths) -> None:
+        tmp = paths.plan.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(paths.plan)
+
+    @classmethod
+    def load(cls, paths: RunPaths) -> RunPlan:
+        data = json.loads(paths.plan.read_text(encoding="utf-8"))
+        data["shards"] = [ShardInfo(**s) for s in data["shards"]]
+        return cls(**data)
+
+
+def save_schema(schema: pa.Schema, path: Path) -> None:
+    path.write_bytes(schema.serialize().to_pybytes())
+
+
+def load_schema(path: Path) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(path.read_bytes()))

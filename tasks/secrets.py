@@ -1,0 +1,30 @@
+"""The API key is read where it is used: from the environment, else a Prefect Secret block.
+
+It is never a flow parameter and never written to the run directory, the ledger, a log
+line or an artifact; errors name the variable, never its value.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tasks.errors import ProviderError
+
+
+def resolve_api_key(env_var: str, secret_block: str) -> str:
+    value = os.environ.get(env_var, "").strip()
+    if value:
+        return value
+    try:
+        from prefect.blocks.system import Secret
+
+        secret = Secret.load(secret_block)  # type: ignore[union-attr]
+        value = str(secret.get()).strip()  # type: ignore[union-attr]
+    except Exception:
+        value = ""
+    if value:
+        return value
+    raise ProviderError(
+        f"no API key: set the environment variable {env_var}, or save a Prefect Secret block "
+        f"named {secret_block!r} (prefect block create secret)"
+    )
