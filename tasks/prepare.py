@@ -82,7 +82,7 @@ def make_custom_ids(prefix: str, row_index: pa.Array, ids: pa.Array | None) -> p
     return pc.if_else(safe, plain, pa.array(hashed, type=pa.string()))
 
 
-class _ShardWriter:
+class ShardWriter:
     """Appends request lines to shards, rolling over at the line and byte limits."""
 
     def __init__(self, paths: RunPaths, round_no: int, max_lines: int, max_bytes: int) -> None:
@@ -205,7 +205,7 @@ def _write_staged(
 ) -> RunPlan:
     label = str(source.path)
     staged.requests_dir.mkdir(parents=True)
-    writer = _ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes)
+    writer = ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes)
     head, middle, tail = request_line_parts(job)
     prefix = key[:8]
     total = rejected = 0
@@ -254,7 +254,7 @@ def _resolved_schema(source: TableSource, inferred: pa.Schema) -> pa.Schema:
 def _render_batch(
     batch: pa.RecordBatch,
     job: JobSpec,
-    writer: _ShardWriter,
+    writer: ShardWriter,
     head: str,
     middle: str,
     tail: str,

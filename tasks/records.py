@@ -38,6 +38,8 @@ RESULT_SCHEMA = pa.schema(
         ("cost_usd", pa.float64()),
         ("batch_id", pa.string()),
         ("error", pa.string()),
+        ("retryable", pa.bool_()),  # worth sending again in a follow-up round
+        ("round", pa.int32()),  # 1 for the first submission, 2.. for follow-up rounds
     ]
 )
 

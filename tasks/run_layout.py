@@ -47,6 +47,10 @@ class RunPaths:
     def shard(self, round_no: int, shard_no: int) -> Path:
         return self.requests_dir / f"round{round_no}-shard{shard_no:05d}.jsonl"
 
+    def round_rows(self, round_no: int) -> Path:
+        """custom_id -> shard for follow-up rounds (round 1 uses the rows manifest)."""
+        return self.requests_dir / f"round{round_no}-rows.parquet"
+
     def results(self, batch_name: str) -> Path:
         return self.results_dir / f"{batch_name}.parquet"
 

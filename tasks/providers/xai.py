@@ -28,6 +28,9 @@ DEFAULT_BASE_URL = "https://api.x.ai/v1"
 RESULTS_PAGE_LIMIT = 1000
 _MAX_PAGES = 1_000_000  # a bound on pagination loops that a misbehaving server cannot exceed
 GRPC_CANCELLED = 1
+# google.rpc codes that fail the same way when sent again: invalid argument, not found,
+# permission denied, failed precondition, out of range, unimplemented, unauthenticated.
+_FINAL_GRPC_CODES = {3, 5, 7, 9, 11, 12, 16}
 
 
 # -- pure mapping of xAI's shapes ------------------------------------------------------
@@ -91,13 +94,14 @@ def normalize_result(item: dict[str, Any]) -> dict[str, Any]:
     if completion is None and response:
         completion = next(iter(response.values()))  # e.g. requests sent to /v1/responses
     error = outcome.get("error") or item.get("error_message") or item.get("error")
-    record: dict[str, Any] = {"custom_id": custom_id, "status": SUCCEEDED}
+    record: dict[str, Any] = {"custom_id": custom_id, "status": SUCCEEDED, "retryable": False}
     if isinstance(error, dict) and error.get("code") == 0 and completion is not None:
         error = None  # google.rpc.Status with code 0 means OK
     if error or not isinstance(completion, dict):
         message, code = _error_text(error or "the result holds neither a response nor an error")
         record["status"] = CANCELLED if code == GRPC_CANCELLED else FAILED
         record["error"] = message
+        record["retryable"] = code not in _FINAL_GRPC_CODES and code != GRPC_CANCELLED
         return record
     choice = (completion.get("choices") or [{}])[0]
     message_body = choice.get("message") or {}

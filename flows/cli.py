@@ -1,0 +1,404 @@
+"""The `grok-batch` command line."""
+
+from __future__ import annotations
+
+import os
+
+# Quiet, offline-friendly Prefect defaults for a terminal tool (the user's env wins).
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+if not os.environ.get("PREFECT_API_URL"):
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+import yaml  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tasks.errors import GrokBatchError  # noqa: E402
+from tasks.runner import report_path  # noqa: E402
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="grok-batch",
+    help=(
+        "Run every row of a table (CSV or Parquet) through xAI's Grok Batch API and get the table "
+        "back as Parquet with an answer, usage, cost and status on every row.\n\n"
+        "Try it offline:  grok-batch demo\n\n"
+        "Real run:  export XAI_API_KEY=...;  grok-batch run reviews.csv --model grok-4.3 "
+        "--prompt 'Classify the sentiment: {{ text }}' --output reviews.parquet"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="GROK_BATCH_DATA_DIR",
+        help="Where runs (request shards, results) and the ledger live.",
+    ),
+]
+
+
+def _parse_params(values: list[str] | None) -> dict[str, Any] | None:
+    if not values:
+        return None
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise GrokBatchError(f"--param {item!r}: write it as KEY=VALUE, e.g. --param temperature=0")
+        params[key.strip()] = yaml.safe_load(raw)
+    return params
+
+
+class _ProgressBar:
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} requests"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.bar.add_task("waiting", total=None)
+
+    def __call__(self, progress: Any) -> None:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(progress.states.items()))
+        self.bar.update(
+            self.task,
+            description=f"round {progress.round_no} · {progress.batches} batch(es): {states}",
+            completed=progress.finished,
+            total=progress.requests,
+        )
+
+
+def _run_flow(call: Any) -> dict[str, Any]:
+    from flows import run_job
+
+    bar = _ProgressBar()
+    run_job.progress_listeners.append(bar)
+    try:
+        with bar.bar:
+            result: dict[str, Any] = call()
+    finally:
+        run_job.progress_listeners.remove(bar)
+    return result
+
+
+def _show_result(result: dict[str, Any], data_dir: Path) -> None:
+    if result["state"] != "finished":
+        console.print(
+            f"\nRun [bold]{result['run_key']}[/] is still in progress at the service. Continue it with:\n"
+            f"  grok-batch resume {result['run_key']} --data-dir {data_dir}"
+        )
+        return
+    summary = result["summary"]
+    table = Table(title=f"run {summary['run_key']}: {summary['rows']} rows")
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    for status, count in summary["by_status"].items():
+        if count:
+            table.add_row(status, str(count))
+    console.print(table)
+    tokens = summary["tokens"]
+    console.print(
+        f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_tokens']}), "
+        f"completion {tokens['completion_tokens']}, reasoning {tokens['reasoning_tokens']} · "
+        f"cost ${summary['cost_usd']:.6f} · rounds {summary['rounds']}"
+    )
+    for text in summary["rejected_files"]:
+        err_console.print(f"[bold red]Rejected by the service:[/] {text}")
+    console.print(f"output: [bold]{summary['output_path']}[/]")
+    console.print(f"report: {report_path(Path(summary['output_path']))}")
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A .csv or .parquet table.")],
+    job_file: Annotated[Path | None, typer.Option("--job", "-j", help="Job YAML; flags override it.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model, e.g. grok-4.3.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Template with {{ column }} placeholders.")] = None,
+    system: Annotated[str | None, typer.Option(help="System message sent with every row.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Request field KEY=VALUE (repeatable).")
+    ] = None,
+    id_column: Annotated[str | None, typer.Option(help="Column with unique row ids (else row position).")] = None,
+    provider: Annotated[str | None, typer.Option(help="Batch protocol: xai.")] = None,
+    name: Annotated[str | None, typer.Option(help="Job name (shown in Prefect and reports).")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Rounds per row, counting the first.")] = None,
+    result_prefix: Annotated[str | None, typer.Option(help="Prefix for added columns, e.g. grok_.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output .parquet (default DATA_DIR/outbox/INPUT.parquet).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input.")] = "utf-8",
+    wait: Annotated[bool, typer.Option(help="Wait for the batches here; --no-wait submits and exits.")] = True,
+    poll_interval: Annotated[float, typer.Option(help="First poll interval in seconds (backs off to 60).")] = 2.0,
+    max_wait: Annotated[float, typer.Option(help="Stop waiting after this many seconds.")] = 26 * 3600.0,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Run a table through the Batch API and write it back with an answer on every row.
+
+    Example:
+
+      export XAI_API_KEY=...   # or a Prefect Secret block named xai-api-key
+
+      grok-batch run reviews.csv --model grok-4.3 --prompt 'Classify: {{ text }}' -o reviews.parquet
+
+      grok-batch run reviews.csv --job reviews.job.yaml --param temperature=0
+
+    XAI_BASE_URL points it at another server speaking xAI's batch protocol (default
+    https://api.x.ai/v1). Rerunning the same command after a crash re-attaches to the
+    batches already submitted; nothing is paid twice.
+    """
+    from flows.run_job import run_batch_job
+    from tasks.job import build_job
+
+    try:
+        overrides = {
+            "model": model,
+            "prompt": prompt,
+            "system": system,
+            "params": _parse_params(param),
+            "id_column": id_column,
+            "provider": provider,
+            "name": name,
+            "max_attempts": max_attempts,
+            "result_prefix": result_prefix,
+            "output": str(output) if output else None,
+        }
+        spec = build_job(job_file, overrides)
+        result = _run_flow(
+            lambda: run_batch_job(
+                input_path=str(input_path),
+                job=spec,
+                output=str(output) if output else None,
+                overwrite=overwrite,
+                wait=wait,
+                data_dir=str(data_dir),
+                encoding=encoding,
+                poll_interval_s=poll_interval,
+                max_wait_s=max_wait,
+            )
+        )
+    except GrokBatchError as exc:
+        _fail(exc)
+    _show_result(result, data_dir)
+
+
+@app.command()
+def resume(
+    run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run key (or a unique prefix of it).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Override the run's output path.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for the batches to finish.")] = True,
+    poll_interval: Annotated[float, typer.Option(help="First poll interval in seconds.")] = 2.0,
+    max_wait: Annotated[float, typer.Option(help="Stop waiting after this many seconds.")] = 26 * 3600.0,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Continue a run from the ledger: after a crash, a --no-wait run, or a wait limit.
+
+    Example:  grok-batch resume 3f2a9c   (see `grok-batch status` for run keys)
+    """
+    from flows.run_job import resume_batch_job
+
+    try:
+        result = _run_flow(
+            lambda: resume_batch_job(
+                run_key=run_key,
+                output=str(output) if output else None,
+                overwrite=overwrite,
+                wait=wait,
+                data_dir=str(data_dir),
+                poll_interval_s=poll_interval,
+                max_wait_s=max_wait,
+            )
+        )
+    except GrokBatchError as exc:
+        _fail(exc)
+    _show_result(result, data_dir)
+
+
+@app.command()
+def status(
+    run_key: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Show one run's batches.")] = None,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """List runs in the ledger, or the batches of one run. Reads only local state.
+
+    Example:  grok-batch status   ·   grok-batch status 3f2a9c
+    """
+    from tasks.ledger import Ledger, default_ledger_url
+
+    ledger = Ledger(default_ledger_url(data_dir))
+    runs = ledger.find_runs(run_key or "")
+    if not runs:
+        console.print(f"no runs in {ledger.url}" + (f" matching {run_key!r}" if run_key else ""))
+        return
+    table = Table(title=f"runs in {ledger.url}")
+    for column in ("run", "job", "input", "state", "round", "output"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(r["run_key"], r["job_name"], r["input_path"], r["state"], str(r["round_no"]), r["output_path"] or "")
+    console.print(table)
+    if run_key and len(runs) == 1:
+        batches = Table(title="batches")
+        for column in ("batch", "round", "requests", "step", "state", "finished", "message"):
+            batches.add_column(column)
+        for b in ledger.batches(runs[0]["run_key"]):
+            batches.add_row(
+                b.batch_id or b.batch_name, str(b.round_no), str(b.lines), b.step, b.state or "", str(b.finished), b.message or ""
+            )
+        console.print(batches)
+
+
+@app.command()
+def cancel(
+    run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run key (or a unique prefix).")],
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Cancel a run's batches at the service. Finished results are kept; resume collects them.
+
+    Example:  grok-batch cancel 3f2a9c && grok-batch resume 3f2a9c
+    """
+    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.providers.registry import make_provider
+
+    ledger = Ledger(default_ledger_url(data_dir))
+    runs = ledger.find_runs(run_key)
+    if len(runs) != 1:
+        _fail(GrokBatchError(f"run {run_key!r} matches {len(runs)} runs"))
+    try:
+        provider = make_provider(runs[0]["provider"])
+        cancelled = 0
+        for b in ledger.batches(runs[0]["run_key"]):
+            if b.batch_id and b.step == "created":
+                provider.cancel(b.batch_id)
+                cancelled += 1
+    except GrokBatchError as exc:
+        _fail(exc)
+    console.print(f"cancelled {cancelled} batch(es); `grok-batch resume {runs[0]['run_key']}` collects what finished")
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
+    api_key: Annotated[str, typer.Option(help="Bearer token the emulator accepts.")] = "emulator-key",
+    processing_s: Annotated[float, typer.Option(help="Seconds for a batch's requests to finish.")] = 5.0,
+    parse_delay_s: Annotated[float, typer.Option(help="Seconds a new batch shows zero counters.")] = 1.0,
+    fail_rate: Annotated[float, typer.Option(help="Fraction of requests that fail.")] = 0.0,
+    rate_429: Annotated[float, typer.Option("--rate-429", help="Fraction of calls answered 429.")] = 0.0,
+    rate_500: Annotated[float, typer.Option("--rate-500", help="Fraction of calls answered 500.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="Fraction of connections dropped.")] = 0.0,
+    expire_after_s: Annotated[float, typer.Option(help="Seconds until a batch expires.")] = 86_400.0,
+) -> None:
+    """Serve a local emulator of xAI's Batch API (no key, no network needed).
+
+    Example:
+
+      grok-batch emulator --port 8000 &
+
+      XAI_BASE_URL=http://127.0.0.1:8000/v1 XAI_API_KEY=emulator-key grok-batch run data/samples/reviews.csv --job data/samples/reviews.job.yaml
+    """
+    from emulator import EmulatorConfig, RunningEmulator
+
+    config = EmulatorConfig(
+        api_key=api_key,
+        processing_s=processing_s,
+        parse_delay_s=parse_delay_s,
+        fail_rate=fail_rate,
+        rate_429=rate_429,
+        rate_500=rate_500,
+        drop_rate=drop_rate,
+        expire_after_s=expire_after_s,
+    )
+    server = RunningEmulator(config, host=host, port=port).start()
+    console.print(f"xAI batch emulator on {server.url}  (XAI_API_KEY={api_key}; Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+@app.command()
+def demo(
+    samples: Annotated[Path, typer.Option(help="Folder with reviews.csv and reviews.job.yaml.")] = Path("data/samples"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the demo writes its result.")] = Path(
+        "data/outbox/reviews.parquet"
+    ),
+) -> None:
+    """Run the sample job end to end against the local emulator and show the result.
+
+    Example:  grok-batch demo   (this is what `make demo` runs)
+    """
+    import pyarrow.parquet as pq
+
+    from emulator import EmulatorConfig, RunningEmulator
+    from flows.run_job import run_batch_job
+    from tasks.job import build_job
+
+    scratch = Path(tempfile.mkdtemp(prefix="grok-batch-demo-"))
+    with RunningEmulator(EmulatorConfig(api_key="emulator-key", parse_delay_s=0.5, processing_s=3.0)) as server:
+        os.environ["XAI_BASE_URL"] = server.url
+        os.environ["XAI_API_KEY"] = "emulator-key"
+        console.print(
+            f"[bold yellow]Demo:[/] answers come from the LOCAL EMULATOR at {server.url}, not from Grok. "
+            "Set XAI_API_KEY and use `grok-batch run` for real answers."
+        )
+        try:
+            spec = build_job(samples / "reviews.job.yaml")
+            result = _run_flow(
+                lambda: run_batch_job(
+                    input_path=str(samples / "reviews.csv"),
+                    job=spec,
+                    output=str(output),
+                    overwrite=True,
+                    data_dir=str(scratch),
+                    poll_interval_s=0.5,
+                    max_poll_interval_s=2.0,
+                    max_wait_s=300,
+                )
+            )
+        except GrokBatchError as exc:
+            _fail(exc)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    _show_result(result, scratch)
+    table = pq.read_table(output)
+    preview = Table(title=f"first rows of {output} ({table.num_rows} rows, {table.num_columns} columns)")
+    shown = [c for c in ("review_id", "text", "status", "response", "cost_usd") if c in table.column_names]
+    for column in shown:
+        preview.add_column(column, overflow="fold", max_width=48)
+    for row in table.select(shown).slice(0, 8).to_pylist():
+        preview.add_row(*[str(row[c])[:120] for c in shown])
+    console.print(preview)
+    console.print("[bold yellow]These answers came from the local emulator.[/]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""collect: page a finished batch's results into results/<batch>.parquet, one normalized
+record for every request the shard held, so no row can go silently missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.crashpoints import WHILE_COLLECTING, crashpoint
+from tasks.ledger import BatchRow
+from tasks.providers.base import BatchProvider, BatchState
+from tasks.records import CANCELLED, EXPIRED, FAILED, RESULT_SCHEMA
+from tasks.run_layout import RunPaths
+
+
+def shard_members(paths: RunPaths, round_no: int, shard_no: int) -> pa.Array:
+    """custom_ids sent in one shard of one round."""
+    source = paths.manifest if round_no == 1 else paths.round_rows(round_no)
+    table = pq.read_table(source, columns=["custom_id", "shard"], filters=[("shard", "=", shard_no)])
+    return table.column("custom_id").combine_chunks()
+
+
+def missing_outcome(state: BatchState, message: str | None) -> tuple[str, str, bool]:
+    """(status, error, retryable) for a request the finished batch returned no result for."""
+    if state == BatchState.REJECTED:
+        return FAILED, f"the service rejected the whole file: {message}", False
+    if state == BatchState.CANCELLED:
+        return CANCELLED, "the batch was cancelled before this request was processed", False
+    if state == BatchState.EXPIRED:
+        return EXPIRED, "the batch expired before this request was processed", True
+    return FAILED, "no result came back for this request although the batch finished", True
+
+
+def _records_table(records: list[dict[str, Any]], batch_id: str, round_no: int) -> pa.Table:
+    for record in records:
+        record["batch_id"] = batch_id
+        record["round"] = round_no
+    return pa.Table.from_pylist(records, schema=RESULT_SCHEMA)
+
+
+def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Path:
+    """Write the batch's results file (atomically); rerunning it rewrites the same file."""
+    assert row.batch_id is not None and row.state is not None
+    members = shard_members(paths, row.round_no, row.shard_no)
+    wanted = set(members.to_pylist())
+    seen: set[str] = set()
+    target = paths.results(row.batch_name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".parquet.partial")
+    with pq.ParquetWriter(partial, RESULT_SCHEMA) as writer:
+        if row.state != BatchState.REJECTED:
+            for page in provider.iter_results(row.batch_id):
+                fresh = [r for r in page if r["custom_id"] in wanted and r["custom_id"] not in seen]
+                seen.update(r["custom_id"] for r in fresh)
+                if fresh:
+                    writer.write_table(_records_table(fresh, row.batch_id, row.round_no))
+                crashpoint(WHILE_COLLECTING)
+        missing = pc.filter(members, pc.invert(pc.is_in(members, pa.array(list(seen), pa.string()))))
+        if len(missing):
+            status, error, retryable = missing_outcome(BatchState(row.state), row.message)
+            records = [
+                {"custom_id": cid, "status": status, "error": error, "retryable": retryable}
+                for cid in missing.to_pylist()
+            ]
+            writer.write_table(_records_table(records, row.batch_id, row.round_no))
+    partial.replace(target)
+    return target

@@ -1,0 +1,257 @@
+"""Durable control state: runs and their batches, with the intent recorded before every
+paid call and the outcome right after it. SQLite by default; any SQLAlchemy URL
+(PostgreSQL) when several workers share runs. Row-level data stays in run directories.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tasks.errors import GrokBatchError
+
+metadata = sa.MetaData()
+
+runs_table = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_key", sa.String(64), primary_key=True),
+    sa.Column("run_dir", sa.Text, nullable=False),
+    sa.Column("input_path", sa.Text, nullable=False),
+    sa.Column("job_name", sa.String(128), nullable=False),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("output_path", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False, default="open"),  # open | finished
+    sa.Column("round_no", sa.Integer, nullable=False, default=1),
+    sa.Column("holder", sa.String(255)),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+batches_table = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("batch_name", sa.String(128), primary_key=True),  # deterministic: found after a crash
+    sa.Column("run_key", sa.String(64), sa.ForeignKey("runs.run_key"), nullable=False, index=True),
+    sa.Column("round_no", sa.Integer, nullable=False),
+    sa.Column("shard_no", sa.Integer, nullable=False),
+    sa.Column("shard_path", sa.Text, nullable=False),
+    sa.Column("lines", sa.Integer, nullable=False),
+    # planned -> uploading -> uploaded -> creating -> created -> collected
+    sa.Column("step", sa.String(16), nullable=False, default="planned"),
+    sa.Column("file_id", sa.String(128)),
+    sa.Column("batch_id", sa.String(128)),
+    sa.Column("state", sa.String(16)),  # last normalized BatchState seen
+    sa.Column("finished", sa.Integer, nullable=False, default=0),  # requests no longer pending
+    sa.Column("message", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("run_key", "round_no", "shard_no"),
+)
+
+
+class RunBusyError(GrokBatchError):
+    """Another process holds the run's lease."""
+
+
+def default_ledger_url(data_dir: Path) -> str:
+    return os.environ.get("GROK_BATCH_LEDGER_URL") or f"sqlite:///{(data_dir / 'ledger.sqlite').resolve()}"
+
+
+def this_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    batch_name: str
+    run_key: str
+    round_no: int
+    shard_no: int
+    shard_path: str
+    lines: int
+    step: str
+    file_id: str | None
+    batch_id: str | None
+    state: str | None
+    finished: int
+    message: str | None
+
+
+class Ledger:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = sa.create_engine(url, future=True, **_engine_options(url))
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs ----------------------------------------------------------------
+    def ensure_run(
+        self, run_key: str, run_dir: str, input_path: str, job_name: str, provider: str, output_path: str
+    ) -> None:
+        now = time.time()
+        with self.tx() as conn:
+            if conn.execute(sa.select(runs_table.c.run_key).where(runs_table.c.run_key == run_key)).first():
+                conn.execute(
+                    runs_table.update()
+                    .where(runs_table.c.run_key == run_key)
+                    .values(output_path=output_path, updated_at=now)
+                )
+                return
+            conn.execute(
+                runs_table.insert().values(
+                    run_key=run_key,
+                    run_dir=run_dir,
+                    input_path=input_path,
+                    job_name=job_name,
+                    provider=provider,
+                    output_path=output_path,
+                    state="open",
+                    round_no=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def run(self, run_key: str) -> dict[str, Any] | None:
+        with self.tx() as conn:
+            row = conn.execute(sa.select(runs_table).where(runs_table.c.run_key == run_key)).mappings().first()
+            return dict(row) if row else None
+
+    def find_runs(self, prefix: str) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(
+                sa.select(runs_table).where(runs_table.c.run_key.startswith(prefix, autoescape=True))
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def open_runs(self) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(sa.select(runs_table).where(runs_table.c.state == "open")).mappings()
+            return [dict(r) for r in rows]
+
+    def update_run(self, run_key: str, **values: Any) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                runs_table.update().where(runs_table.c.run_key == run_key).values(updated_at=time.time(), **values)
+            )
+
+    def claim(self, run_key: str, holder: str, lease_s: float) -> None:
+        """Take the run's lease, or raise RunBusyError naming who holds it."""
+        now = time.time()
+        with self.tx() as conn:
+            taken = conn.execute(
+                runs_table.update()
+                .where(runs_table.c.run_key == run_key)
+                .where(
+                    sa.or_(
+                        runs_table.c.holder.is_(None),
+                        runs_table.c.holder == holder,
+                        runs_table.c.lease_until < now,
+                    )
+                )
+                .values(holder=holder, lease_until=now + lease_s)
+            ).rowcount
+            if taken != 1:
+                row = conn.execute(
+                    sa.select(runs_table.c.holder, runs_table.c.lease_until).where(
+                        runs_table.c.run_key == run_key
+                    )
+                ).first()
+                who, until = (row[0], row[1]) if row else ("?", now)
+                raise RunBusyError(
+                    f"run {run_key} is being worked on by {who} (lease for {max(0, (until or now) - now):.0f}s "
+                    "more); wait for it, or rerun later"
+                )
+
+    def release(self, run_key: str, holder: str) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                runs_table.update()
+                .where(runs_table.c.run_key == run_key, runs_table.c.holder == holder)
+                .values(holder=None, lease_until=None)
+            )
+
+    # -- batches -------------------------------------------------------------
+    def plan_batches(self, run_key: str, round_no: int, shards: list[tuple[int, str, int]]) -> None:
+        """Record shards (shard_no, path, lines) of a round; existing ones are kept as they are."""
+        now = time.time()
+        with self.tx() as conn:
+            known = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(batches_table.c.shard_no).where(
+                        batches_table.c.run_key == run_key, batches_table.c.round_no == round_no
+                    )
+                )
+            }
+            for shard_no, path, lines in shards:
+                if shard_no in known:
+                    continue
+                conn.execute(
+                    batches_table.insert().values(
+                        batch_name=batch_name(run_key, round_no, shard_no),
+                        run_key=run_key,
+                        round_no=round_no,
+                        shard_no=shard_no,
+                        shard_path=path,
+                        lines=lines,
+                        step="planned",
+                        finished=0,
+                        updated_at=now,
+                    )
+                )
+
+    def batches(self, run_key: str, round_no: int | None = None) -> list[BatchRow]:
+        query = sa.select(batches_table).where(batches_table.c.run_key == run_key)
+        if round_no is not None:
+            query = query.where(batches_table.c.round_no == round_no)
+        query = query.order_by(batches_table.c.round_no, batches_table.c.shard_no)
+        with self.tx() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [BatchRow(**{k: row[k] for k in BatchRow.__dataclass_fields__}) for row in rows]
+
+    def update_batch(self, name: str, **values: Any) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                batches_table.update()
+                .where(batches_table.c.batch_name == name)
+                .values(updated_at=time.time(), **values)
+            )
+
+
+def batch_name(run_key: str, round_no: int, shard_no: int) -> str:
+    return f"grok-batch-{run_key}-r{round_no}-s{shard_no:05d}"
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60, "check_same_thread": False}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()

@@ -1,0 +1,59 @@
+"""reconcile: once every batch of a round is collected, send the rows worth another try
+(retryable failures, missing and expired rows) as a follow-up round of new shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.ledger import BatchRow, Ledger
+from tasks.prepare import ShardWriter
+from tasks.records import RESULT_SCHEMA
+from tasks.run_layout import RunPaths
+
+
+def round_results(paths: RunPaths, rows: list[BatchRow]) -> pa.Table:
+    tables = [pq.read_table(paths.results(r.batch_name)) for r in rows]
+    return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+
+
+def plan_follow_up(
+    ledger: Ledger, paths: RunPaths, run_key: str, round_no: int, max_attempts: int, shard_max_lines: int, shard_max_bytes: int
+) -> int | None:
+    """Write round `round_no + 1` for the rows to retry and record it; None when none are left."""
+    rows = ledger.batches(run_key, round_no)
+    if round_no >= max_attempts:
+        return None
+    results = round_results(paths, rows)
+    retry = pc.filter(results.column("custom_id"), pc.fill_null(results.column("retryable"), False))
+    if len(retry) == 0:
+        return None
+    retry_ids = set(retry.to_pylist())
+    next_round = round_no + 1
+    writer = ShardWriter(paths, next_round, shard_max_lines, shard_max_bytes)
+    member_ids: list[str] = []
+    member_shards: list[int] = []
+    for row in rows:
+        lines = [line for line in _lines_of(Path(row.shard_path)) if json.loads(line)["custom_id"] in retry_ids]
+        if not lines:
+            continue
+        shard_of = writer.write(pa.array(lines, type=pa.string()))
+        member_ids.extend(json.loads(line)["custom_id"] for line in lines)
+        member_shards.extend(int(s) for s in shard_of)
+    shards = writer.close()
+    members = pa.table(
+        {"custom_id": pa.array(member_ids, pa.string()), "shard": pa.array(member_shards, pa.int32())}
+    )
+    pq.write_table(members, paths.round_rows(next_round))
+    ledger.plan_batches(run_key, next_round, [(s.shard_no, s.path, s.lines) for s in shards])
+    ledger.update_run(run_key, round_no=next_round)
+    return next_round
+
+
+def _lines_of(path: Path) -> list[str]:
+    with path.open("r", encoding="utf-8") as handle:
+        return [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()]

@@ -1,0 +1,173 @@
+"""One run's state machine as plain functions: start, advance one step, finish.
+
+Flows and the CLI drive these (through Prefect tasks); nothing here needs Prefect.
+Every step is idempotent, so any driver may crash and any later one continue.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.collect import collect_batch
+from tasks.errors import GrokBatchError, InputError
+from tasks.job import JobSpec
+from tasks.join import write_output
+from tasks.ledger import BatchRow, Ledger
+from tasks.poll import poll_open
+from tasks.prepare import prepare_run
+from tasks.providers.base import BatchProvider, BatchState
+from tasks.reconcile import plan_follow_up
+from tasks.report import RunSummary, render_markdown, summarize
+from tasks.run_layout import RunPaths, RunPlan
+from tasks.submit import submit_planned
+from tasks.table_io import TableSource
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """What a driver needs to advance a run: its key, directory and plan."""
+
+    run_key: str
+    run_dir: Path
+    plan: RunPlan
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.run_dir)
+
+    @property
+    def job(self) -> JobSpec:
+        return JobSpec.model_validate(self.plan.job)
+
+
+@dataclass(frozen=True)
+class Progress:
+    round_no: int
+    requests: int
+    finished: int
+    batches: int
+    batches_open: int
+    complete: bool
+    states: dict[str, int]
+
+    @property
+    def fraction(self) -> float:
+        return self.finished / self.requests if self.requests else 1.0
+
+
+def report_path(output: Path) -> Path:
+    """The report written beside the output: reviews.parquet -> reviews.report.md."""
+    return output.with_name(output.stem + ".report.md")
+
+
+def check_output_path(output: Path, overwrite: bool) -> None:
+    """Refuse before any work when the output would clobber a file or cannot be written."""
+    if output.suffix.lower() not in (".parquet", ".pq"):
+        raise InputError(f"output {output} must end in .parquet")
+    if output.exists() and not overwrite:
+        raise InputError(f"output {output} already exists; pass --overwrite to replace it")
+    parent = output.parent if str(output.parent) else Path(".")
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise InputError(f"output {output} cannot be written: {existing} is not a writable folder")
+
+
+def start_run(
+    source: TableSource, job: JobSpec, runs_root: Path, ledger: Ledger, output: Path
+) -> RunHandle:
+    """Prepare (or find) the run for this input and job, and record it in the ledger."""
+    plan = prepare_run(source, job, runs_root)
+    run_dir = runs_root / plan.run_key
+    ledger.ensure_run(plan.run_key, str(run_dir), plan.input_path, job.name, job.provider, str(output))
+    ledger.plan_batches(plan.run_key, 1, [(s.shard_no, s.path, s.lines) for s in plan.shards])
+    return RunHandle(plan.run_key, run_dir, plan)
+
+
+def handle_for(ledger: Ledger, run_key: str) -> RunHandle:
+    run = ledger.run(run_key)
+    if run is None:
+        raise GrokBatchError(f"no run {run_key} in the ledger {ledger.url}")
+    run_dir = Path(run["run_dir"])
+    return RunHandle(run_key, run_dir, RunPlan.load(RunPaths(run_dir)))
+
+
+def progress_of(ledger: Ledger, handle: RunHandle) -> Progress:
+    rows = ledger.batches(handle.run_key)
+    round_no = max((r.round_no for r in rows), default=1)
+    current = [r for r in rows if r.round_no == round_no]
+    states: dict[str, int] = {}
+    for row in current:
+        key = row.state or row.step
+        states[key] = states.get(key, 0) + 1
+    open_rows = [r for r in current if r.step != "collected"]
+    run = ledger.run(handle.run_key) or {}
+    return Progress(
+        round_no=round_no,
+        requests=sum(r.lines for r in current),
+        finished=sum(r.lines if r.step == "collected" else r.finished for r in current),
+        batches=len(current),
+        batches_open=len(open_rows),
+        complete=run.get("state") in ("complete", "finished"),
+        states=states,
+    )
+
+
+def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
+    """Collect every batch that reached a terminal state; returns how many were collected."""
+    count = 0
+    for row in ledger.batches(handle.run_key):
+        if row.step == "created" and row.state is not None and BatchState(row.state).terminal:
+            collect_batch(provider, handle.paths, row)
+            ledger.update_batch(row.batch_name, step="collected")
+            count += 1
+    return count
+
+
+def reconcile(ledger: Ledger, handle: RunHandle) -> bool:
+    """When the current round is all collected, plan the follow-up round or mark the run
+    complete. Returns True when every row has its final outcome."""
+    run = ledger.run(handle.run_key) or {}
+    if run.get("state") in ("complete", "finished"):
+        return True
+    round_no = int(run.get("round_no") or 1)
+    rows: list[BatchRow] = ledger.batches(handle.run_key, round_no)
+    if any(r.step != "collected" for r in rows):
+        return False
+    job = handle.job
+    next_round = plan_follow_up(
+        ledger, handle.paths, handle.run_key, round_no, job.max_attempts, job.shard_max_lines, job.shard_max_bytes
+    )
+    if next_round is not None:
+        return False
+    ledger.update_run(handle.run_key, state="complete")
+    return True
+
+
+def advance(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> Progress:
+    """One idempotent pass: submit what is planned, poll, collect, reconcile."""
+    submit_planned(ledger, provider, handle.run_key)
+    poll_open(ledger, provider, handle.run_key)
+    collect_finished(ledger, provider, handle)
+    reconcile(ledger, handle)
+    return progress_of(ledger, handle)
+
+
+def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> RunSummary:
+    """Join the outcomes onto the input, write output and report, close the run."""
+    job = handle.job
+    results = write_output(handle.plan, handle.paths, output, overwrite=overwrite, prefix=job.result_prefix)
+    summary = summarize(
+        results,
+        ledger.batches(handle.run_key),
+        run_key=handle.run_key,
+        input_path=handle.plan.input_path,
+        output_path=str(output),
+        model=job.model,
+    )
+    report = render_markdown(summary)
+    handle.paths.report.write_text(report, encoding="utf-8")
+    report_path(output).write_text(report, encoding="utf-8")
+    ledger.update_run(handle.run_key, state="finished", output_path=str(output))
+    return summary
