@@ -24,7 +24,7 @@ _BATCH_ROUTE = re.compile(r"^/v1/batches/(?P<id>[^/:]+)(?P<rest>:cancel|/results
 _FILE_ROUTE = re.compile(r"^/v1/files/(?P<id>[^/]+)(?P<rest>/content)?$")
 
 
-class _Reply(Exception):
+class _Reply(Exception):  # noqa: N818 (a reply, not an error)
     """Raised inside a route to answer with an error status."""
 
     def __init__(self, status: int, message: str, code: str = "invalid_request") -> None:
@@ -62,13 +62,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         return  # the request log lives in ServiceState, never with headers (keys)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
     # -- plumbing -----------------------------------------------------------
@@ -115,11 +115,10 @@ class _Handler(BaseHTTPRequestHandler):
             state.log(method, path, 500)
             self._send_json(500, {"code": "internal", "error": "Internal server error."})
             return
-        if config.api_key is not None:
-            if self.headers.get("Authorization") != f"Bearer {config.api_key}":
-                state.log(method, path, 401)
-                self._send_json(401, {"code": "unauthenticated", "error": "Incorrect API key."})
-                return
+        if config.api_key is not None and self.headers.get("Authorization") != f"Bearer {config.api_key}":
+            state.log(method, path, 401)
+            self._send_json(401, {"code": "unauthenticated", "error": "Incorrect API key."})
+            return
         try:
             status, payload = self._route(method, path, parse_qs(url.query), body)
         except _Reply as reply:
@@ -152,9 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no admin route {method} {path}"})
 
     # -- routes -------------------------------------------------------------
-    def _route(
-        self, method: str, path: str, query: dict[str, list[str]], body: bytes
-    ) -> tuple[int, Any]:
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> tuple[int, Any]:
         state = self.server.state
         if path == "/v1/files" and method == "POST":
             return 200, self._upload(body)
@@ -284,7 +281,7 @@ class RunningEmulator:
     def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0):
         self.state = ServiceState(config or EmulatorConfig())
         self.httpd = EmulatorHTTPServer((host, port), self.state)
-        self.host, self.port = self.httpd.server_address[:2]
+        self.host, self.port = str(self.httpd.server_address[0]), int(self.httpd.server_address[1])
         self.url = f"http://{self.host}:{self.port}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 

@@ -129,7 +129,7 @@ def _fmt_time(ts: float | None, style: str) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class ValidationFailed(Exception):
+class ValidationFailedError(Exception):
     pass
 
 
@@ -202,7 +202,7 @@ class ServiceState:
             batch.parsed = True
             try:
                 self._load_requests(batch)
-            except ValidationFailed as exc:
+            except ValidationFailedError as exc:
                 batch.cancel_time = batch.parse_at
                 batch.cancel_message = f"JSONL file validation failed: {exc}"
                 batch.custom_ids, batch.bodies = [], []
@@ -219,12 +219,12 @@ class ServiceState:
     def _load_requests(self, batch: BatchRecord) -> None:
         record = self.files.get(batch.input_file_id or "")
         if record is None:
-            raise ValidationFailed(f"input file {batch.input_file_id} not found")
+            raise ValidationFailedError(f"input file {batch.input_file_id} not found")
         lines = [line for line in record.content.split(b"\n") if line.strip()]
         if not lines:
-            raise ValidationFailed("the file holds no requests")
+            raise ValidationFailedError("the file holds no requests")
         if len(lines) > self.config.max_lines:
-            raise ValidationFailed(
+            raise ValidationFailedError(
                 f"{len(lines)} requests exceed the maximum of {self.config.max_lines} per file"
             )
         seen: set[str] = set()
@@ -232,25 +232,25 @@ class ServiceState:
             try:
                 line = json.loads(raw)
             except ValueError:
-                raise ValidationFailed(f"line {number} is not valid JSON") from None
+                raise ValidationFailedError(f"line {number} is not valid JSON") from None
             if not isinstance(line, dict):
-                raise ValidationFailed(f"line {number} is not a JSON object")
+                raise ValidationFailedError(f"line {number} is not a JSON object")
             custom_id = line.get("custom_id")
             if not isinstance(custom_id, str) or not custom_id:
-                raise ValidationFailed(f"line {number}: custom_id is missing")
+                raise ValidationFailedError(f"line {number}: custom_id is missing")
             if custom_id in seen:
-                raise ValidationFailed(f"line {number}: duplicate custom_id {custom_id!r}")
+                raise ValidationFailedError(f"line {number}: duplicate custom_id {custom_id!r}")
             seen.add(custom_id)
             if line.get("method") != "POST":
-                raise ValidationFailed(f"line {number}: method must be POST")
+                raise ValidationFailedError(f"line {number}: method must be POST")
             if line.get("url") not in BATCH_URLS:
-                raise ValidationFailed(f"line {number}: unsupported url {line.get('url')!r}")
+                raise ValidationFailedError(f"line {number}: unsupported url {line.get('url')!r}")
             body = line.get("body")
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-                raise ValidationFailed(f"line {number}: body.messages is missing")
+                raise ValidationFailedError(f"line {number}: body.messages is missing")
             model = body.get("model")
             if model not in self.config.batch_models:
-                raise ValidationFailed(f"Model {model} is not supported for batch processing.")
+                raise ValidationFailedError(f"Model {model} is not supported for batch processing.")
             batch.custom_ids.append(custom_id)
             batch.bodies.append(body)
 
@@ -309,9 +309,7 @@ class ServiceState:
         custom_id = batch.custom_ids[index]
         if batch.failed[rank]:
             message = f"Internal error while processing request {custom_id}"
-            error: Any = (
-                {"code": 13, "message": message} if self.config.error_shape == "object" else message
-            )
+            error: Any = {"code": 13, "message": message} if self.config.error_shape == "object" else message
             return {"batch_request_id": custom_id, "batch_result": {"error": error}}
         completion = chat_completion(batch.bodies[index], int(batch.finish_at[rank]))
         return {

@@ -10,20 +10,20 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 if not os.environ.get("PREFECT_API_URL"):
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
 
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated, Any  # noqa: E402
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
-import typer  # noqa: E402
-import yaml  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from tasks.errors import GrokBatchError  # noqa: E402
-from tasks.runner import report_path  # noqa: E402
+from tasks.errors import GrokBatchError
+from tasks.runner import report_path
 
 console = Console()
 err_console = Console(stderr=True)
@@ -141,18 +141,25 @@ def run(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Request field KEY=VALUE (repeatable).")
     ] = None,
-    id_column: Annotated[str | None, typer.Option(help="Column with unique row ids (else row position).")] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="Column with unique row ids (else row position).")
+    ] = None,
     provider: Annotated[str | None, typer.Option(help="Batch protocol: xai.")] = None,
     name: Annotated[str | None, typer.Option(help="Job name (shown in Prefect and reports).")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Rounds per row, counting the first.")] = None,
     result_prefix: Annotated[str | None, typer.Option(help="Prefix for added columns, e.g. grok_.")] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output .parquet (default DATA_DIR/outbox/INPUT.parquet).")
+        Path | None,
+        typer.Option("--output", "-o", help="Output .parquet (default DATA_DIR/outbox/INPUT.parquet)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input.")] = "utf-8",
-    wait: Annotated[bool, typer.Option(help="Wait for the batches here; --no-wait submits and exits.")] = True,
-    poll_interval: Annotated[float, typer.Option(help="First poll interval in seconds (backs off to 60).")] = 2.0,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the batches here; --no-wait submits and exits.")
+    ] = True,
+    poll_interval: Annotated[
+        float, typer.Option(help="First poll interval in seconds (backs off to 60).")
+    ] = 2.0,
     max_wait: Annotated[float, typer.Option(help="Stop waiting after this many seconds.")] = 26 * 3600.0,
     data_dir: DataDir = Path("data"),
 ) -> None:
@@ -208,7 +215,9 @@ def run(
 @app.command()
 def resume(
     run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run key (or a unique prefix of it).")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Override the run's output path.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Override the run's output path.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the batches to finish.")] = True,
     poll_interval: Annotated[float, typer.Option(help="First poll interval in seconds.")] = 2.0,
@@ -258,7 +267,14 @@ def status(
     for column in ("run", "job", "input", "state", "round", "output"):
         table.add_column(column)
     for r in runs:
-        table.add_row(r["run_key"], r["job_name"], r["input_path"], r["state"], str(r["round_no"]), r["output_path"] or "")
+        table.add_row(
+            r["run_key"],
+            r["job_name"],
+            r["input_path"],
+            r["state"],
+            str(r["round_no"]),
+            r["output_path"] or "",
+        )
     console.print(table)
     if run_key and len(runs) == 1:
         batches = Table(title="batches")
@@ -266,7 +282,13 @@ def status(
             batches.add_column(column)
         for b in ledger.batches(runs[0]["run_key"]):
             batches.add_row(
-                b.batch_id or b.batch_name, str(b.round_no), str(b.lines), b.step, b.state or "", str(b.finished), b.message or ""
+                b.batch_id or b.batch_name,
+                str(b.round_no),
+                str(b.lines),
+                b.step,
+                b.state or "",
+                str(b.finished),
+                b.message or "",
             )
         console.print(batches)
 
@@ -296,7 +318,9 @@ def cancel(
                 cancelled += 1
     except GrokBatchError as exc:
         _fail(exc)
-    console.print(f"cancelled {cancelled} batch(es); `grok-batch resume {runs[0]['run_key']}` collects what finished")
+    console.print(
+        f"cancelled {cancelled} batch(es); `grok-batch resume {runs[0]['run_key']}` collects what finished"
+    )
 
 
 @app.command()
@@ -318,7 +342,9 @@ def emulator(
 
       grok-batch emulator --port 8000 &
 
-      XAI_BASE_URL=http://127.0.0.1:8000/v1 XAI_API_KEY=emulator-key grok-batch run data/samples/reviews.csv --job data/samples/reviews.job.yaml
+      export XAI_BASE_URL=http://127.0.0.1:8000/v1 XAI_API_KEY=emulator-key
+
+      grok-batch run data/samples/reviews.csv --job data/samples/reviews.job.yaml
     """
     from emulator import EmulatorConfig, RunningEmulator
 
@@ -343,7 +369,9 @@ def emulator(
 
 @app.command()
 def demo(
-    samples: Annotated[Path, typer.Option(help="Folder with reviews.csv and reviews.job.yaml.")] = Path("data/samples"),
+    samples: Annotated[Path, typer.Option(help="Folder with reviews.csv and reviews.job.yaml.")] = Path(
+        "data/samples"
+    ),
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the demo writes its result.")] = Path(
         "data/outbox/reviews.parquet"
     ),
@@ -359,7 +387,9 @@ def demo(
     from tasks.job import build_job
 
     scratch = Path(tempfile.mkdtemp(prefix="grok-batch-demo-"))
-    with RunningEmulator(EmulatorConfig(api_key="emulator-key", parse_delay_s=0.5, processing_s=3.0)) as server:
+    with RunningEmulator(
+        EmulatorConfig(api_key="emulator-key", parse_delay_s=0.5, processing_s=3.0)
+    ) as server:
         os.environ["XAI_BASE_URL"] = server.url
         os.environ["XAI_API_KEY"] = "emulator-key"
         console.print(

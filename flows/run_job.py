@@ -94,16 +94,27 @@ def run_batch_job(
     data_root = Path(data_dir)
     source = TableSource(Path(input_path), encoding=encoding)
     output_path = Path(output or job.output or default_output(source.path, data_root))
-    runner.check_output_path(output_path, overwrite)
     ledger = Ledger(default_ledger_url(data_root))
     try:
         provider = make_provider(job.provider)
-        handle = prepare_task(source, job, data_root / "runs", ledger, output_path)
-        logger.info("run %s: %s rows, %s shard(s)", handle.run_key, handle.plan.total_rows, len(handle.plan.shards))
+        handle = prepare_task(source, job, data_root / "runs", ledger, output_path, overwrite)
+        logger.info(
+            "run %s: %s rows, %s shard(s)", handle.run_key, handle.plan.total_rows, len(handle.plan.shards)
+        )
         holder = this_holder()
         ledger.claim(handle.run_key, holder, LEASE_S)
         try:
-            return _drive(ledger, provider, handle, output_path, overwrite, wait, poll_interval_s, max_poll_interval_s, max_wait_s)
+            return _drive(
+                ledger,
+                provider,
+                handle,
+                output_path,
+                overwrite,
+                wait,
+                poll_interval_s,
+                max_poll_interval_s,
+                max_wait_s,
+            )
         finally:
             ledger.release(handle.run_key, holder)
     finally:
@@ -135,7 +146,17 @@ def resume_batch_job(
         holder = this_holder()
         ledger.claim(handle.run_key, holder, LEASE_S)
         try:
-            return _drive(ledger, provider, handle, output_path, overwrite, wait, poll_interval_s, max_poll_interval_s, max_wait_s)
+            return _drive(
+                ledger,
+                provider,
+                handle,
+                output_path,
+                overwrite,
+                wait,
+                poll_interval_s,
+                max_poll_interval_s,
+                max_wait_s,
+            )
         finally:
             ledger.release(handle.run_key, holder)
     finally:
@@ -154,7 +175,7 @@ def _drive(
     max_wait_s: float,
 ) -> dict[str, Any]:
     holder = this_holder()
-    artifact_id = create_progress_artifact(progress=0.0, description=f"grok-batch run {handle.run_key}")
+    artifact_id: Any = create_progress_artifact(progress=0.0, description=f"grok-batch run {handle.run_key}")
     deadline = time.monotonic() + max_wait_s
     interval = poll_interval_s
     last_round = 0
@@ -163,7 +184,9 @@ def _drive(
         update_progress_artifact(
             artifact_id=artifact_id,
             progress=100.0 * progress.fraction,
-            description=f"round {progress.round_no}: {progress.finished}/{progress.requests} requests finished",
+            description=(
+                f"round {progress.round_no}: {progress.finished}/{progress.requests} requests finished"
+            ),
         )
         for listener in progress_listeners:
             listener(progress)

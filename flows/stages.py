@@ -23,9 +23,9 @@ from tasks.table_io import TableSource
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(
-    source: TableSource, job: JobSpec, runs_root: Path, ledger: Ledger, output: Path
+    source: TableSource, job: JobSpec, runs_root: Path, ledger: Ledger, output: Path, overwrite: bool
 ) -> runner.RunHandle:
-    return runner.start_run(source, job, runs_root, ledger, output)
+    return runner.start_run(source, job, runs_root, ledger, output, overwrite)
 
 
 @task(name="submit", cache_policy=NO_CACHE)

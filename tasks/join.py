@@ -24,7 +24,11 @@ from tasks.table_io import TableSource
 def latest_results(paths: RunPaths) -> pa.Table:
     """One record per custom_id: the one from its last round, with attempts = that round."""
     files = sorted(paths.results_dir.glob("*.parquet")) if paths.results_dir.exists() else []
-    results = pa.concat_tables([pq.read_table(f, schema=RESULT_SCHEMA) for f in files]) if files else RESULT_SCHEMA.empty_table()
+    results = (
+        pa.concat_tables([pq.read_table(f, schema=RESULT_SCHEMA) for f in files])
+        if files
+        else RESULT_SCHEMA.empty_table()
+    )
     last_round = results.group_by("custom_id").aggregate([("round", "max")])
     latest = results.join(
         last_round, keys=["custom_id", "round"], right_keys=["custom_id", "round_max"], join_type="inner"
@@ -58,7 +62,9 @@ def result_columns(paths: RunPaths, total_rows: int) -> pa.Table:
     return pa.table({name: columns[name] for name in OUTPUT_RESULT_COLUMNS})
 
 
-def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: bool, prefix: str = "") -> pa.Table:
+def write_output(
+    plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: bool, prefix: str = ""
+) -> pa.Table:
     """Write the joined table to `output` (atomically); returns the appended columns."""
     if output.exists() and not overwrite:
         raise GrokBatchError(f"output {output} already exists; pass --overwrite to replace it")

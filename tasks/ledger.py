@@ -135,7 +135,9 @@ class Ledger:
 
     def run(self, run_key: str) -> dict[str, Any] | None:
         with self.tx() as conn:
-            row = conn.execute(sa.select(runs_table).where(runs_table.c.run_key == run_key)).mappings().first()
+            row = (
+                conn.execute(sa.select(runs_table).where(runs_table.c.run_key == run_key)).mappings().first()
+            )
             return dict(row) if row else None
 
     def find_runs(self, prefix: str) -> list[dict[str, Any]]:
@@ -153,7 +155,9 @@ class Ledger:
     def update_run(self, run_key: str, **values: Any) -> None:
         with self.tx() as conn:
             conn.execute(
-                runs_table.update().where(runs_table.c.run_key == run_key).values(updated_at=time.time(), **values)
+                runs_table.update()
+                .where(runs_table.c.run_key == run_key)
+                .values(updated_at=time.time(), **values)
             )
 
     def claim(self, run_key: str, holder: str, lease_s: float) -> None:
@@ -179,9 +183,10 @@ class Ledger:
                     )
                 ).first()
                 who, until = (row[0], row[1]) if row else ("?", now)
+                left = max(0.0, (until or now) - now)
                 raise RunBusyError(
-                    f"run {run_key} is being worked on by {who} (lease for {max(0, (until or now) - now):.0f}s "
-                    "more); wait for it, or rerun later"
+                    f"run {run_key} is being worked on by {who} (lease for {left:.0f}s more); "
+                    "wait for it, or rerun later"
                 )
 
     def release(self, run_key: str, holder: str) -> None:

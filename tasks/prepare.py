@@ -110,7 +110,9 @@ class ShardWriter:
     def write(self, lines: pa.Array) -> np.ndarray:
         """Write `lines` (no nulls); returns the shard number of each line."""
         lines = lines.cast(pa.string())
-        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[
+            lines.offset : lines.offset + len(lines) + 1
+        ]
         data = memoryview(lines.buffers()[2]) if lines.buffers()[2] is not None else memoryview(b"")
         shard_of = np.empty(len(lines), dtype=np.int32)
         start = 0
@@ -240,7 +242,10 @@ def _write_staged(
         job=job.model_dump(mode="json"),
         total_rows=total,
         rejected_rows=rejected,
-        shards=[ShardInfo(s.round_no, s.shard_no, str(paths.shard(s.round_no, s.shard_no)), s.lines, s.bytes) for s in shards],
+        shards=[
+            ShardInfo(s.round_no, s.shard_no, str(paths.shard(s.round_no, s.shard_no)), s.lines, s.bytes)
+            for s in shards
+        ],
     )
     plan.save(staged)
     return plan
@@ -272,7 +277,9 @@ def _render_batch(
     reasons = pc.if_else(
         empty,
         "empty prompt: the template rendered no text for this row",
-        pc.if_else(too_big, "request larger than the 25 MB xAI accepts per request", pa.scalar(None, pa.string())),
+        pc.if_else(
+            too_big, "request larger than the 25 MB xAI accepts per request", pa.scalar(None, pa.string())
+        ),
     )
     keep = pc.is_null(reasons)
     shard = np.full(batch.num_rows, -1, dtype=np.int32)

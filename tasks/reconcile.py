@@ -22,7 +22,13 @@ def round_results(paths: RunPaths, rows: list[BatchRow]) -> pa.Table:
 
 
 def plan_follow_up(
-    ledger: Ledger, paths: RunPaths, run_key: str, round_no: int, max_attempts: int, shard_max_lines: int, shard_max_bytes: int
+    ledger: Ledger,
+    paths: RunPaths,
+    run_key: str,
+    round_no: int,
+    max_attempts: int,
+    shard_max_lines: int,
+    shard_max_bytes: int,
 ) -> int | None:
     """Write round `round_no + 1` for the rows to retry and record it; None when none are left."""
     rows = ledger.batches(run_key, round_no)
@@ -38,7 +44,9 @@ def plan_follow_up(
     member_ids: list[str] = []
     member_shards: list[int] = []
     for row in rows:
-        lines = [line for line in _lines_of(Path(row.shard_path)) if json.loads(line)["custom_id"] in retry_ids]
+        lines = [
+            line for line in _lines_of(Path(row.shard_path)) if json.loads(line)["custom_id"] in retry_ids
+        ]
         if not lines:
             continue
         shard_of = writer.write(pa.array(lines, type=pa.string()))
@@ -55,5 +63,5 @@ def plan_follow_up(
 
 
 def _lines_of(path: Path) -> list[str]:
-    with path.open("r", encoding="utf-8") as handle:
-        return [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()]
+    # Split on "\n" only: prompts may hold U+0085 or U+2028, which JSON leaves unescaped.
+    return [line + "\n" for line in path.read_bytes().decode("utf-8").split("\n") if line.strip()]

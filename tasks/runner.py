@@ -75,9 +75,10 @@ def check_output_path(output: Path, overwrite: bool) -> None:
 
 
 def start_run(
-    source: TableSource, job: JobSpec, runs_root: Path, ledger: Ledger, output: Path
+    source: TableSource, job: JobSpec, runs_root: Path, ledger: Ledger, output: Path, overwrite: bool = False
 ) -> RunHandle:
     """Prepare (or find) the run for this input and job, and record it in the ledger."""
+    check_output_path(output, overwrite)
     plan = prepare_run(source, job, runs_root)
     run_dir = runs_root / plan.run_key
     ledger.ensure_run(plan.run_key, str(run_dir), plan.input_path, job.name, job.provider, str(output))
@@ -137,7 +138,13 @@ def reconcile(ledger: Ledger, handle: RunHandle) -> bool:
         return False
     job = handle.job
     next_round = plan_follow_up(
-        ledger, handle.paths, handle.run_key, round_no, job.max_attempts, job.shard_max_lines, job.shard_max_bytes
+        ledger,
+        handle.paths,
+        handle.run_key,
+        round_no,
+        job.max_attempts,
+        job.shard_max_lines,
+        job.shard_max_bytes,
     )
     if next_round is not None:
         return False

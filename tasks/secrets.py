@@ -7,6 +7,7 @@ line or an artifact; errors name the variable, never its value.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from tasks.errors import ProviderError
 
@@ -18,8 +19,8 @@ def resolve_api_key(env_var: str, secret_block: str) -> str:
     try:
         from prefect.blocks.system import Secret
 
-        secret = Secret.load(secret_block)  # type: ignore[union-attr]
-        value = str(secret.get()).strip()  # type: ignore[union-attr]
+        secret: Any = Secret.load(secret_block)
+        value = str(secret.get()).strip()
     except Exception:
         value = ""
     if value:

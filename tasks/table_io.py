@@ -131,7 +131,6 @@ class TableSource:
             )
         if "Expected" in text and "columns, got" in text:
             return InputError(
-                f"{self.path}: a row has a different number of fields than the header: "
-                f"{text.splitlines()[0]}"
+                f"{self.path}: a row has a different number of fields than the header: {text.splitlines()[0]}"
             )
         return InputError(f"{self.path} cannot be read as CSV: {text.splitlines()[0]}")

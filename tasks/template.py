@@ -18,9 +18,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from tasks.errors import InputError
 
-_ENV = SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
-)
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _JINJA_MARKUP = re.compile(r"\{\{|\{%|\{#|\}\}|%\}|#\}")
 

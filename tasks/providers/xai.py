@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,9 @@ class XaiProvider:
         except openai.APIConnectionError as exc:
             raise ProviderError(f"{what} failed: cannot reach {self.base_url} ({exc})") from None
 
+    def _get(self, path: str, params: dict[str, Any]) -> Any:
+        return self._client.get(path, cast_to=object, options={"params": params})
+
     def upload(self, shard_path: Path) -> str:
         with shard_path.open("rb") as handle:
             created = self._call(
@@ -191,7 +195,7 @@ class XaiProvider:
         for attempt in range(self._create_attempts):
             _CREATE_THROTTLE.wait()
             try:
-                data = self._client.post(
+                data: Any = self._client.post(
                     "/batches",
                     cast_to=object,
                     body={"name": name, "input_file_id": file_id},
@@ -218,10 +222,7 @@ class XaiProvider:
             params: dict[str, Any] = {"limit": 100}
             if token:
                 params["pagination_token"] = token
-            page = self._call(
-                "listing batches",
-                lambda p=params: self._client.get("/batches", cast_to=object, options={"params": p}),
-            )
+            page = self._call("listing batches", partial(self._get, "/batches", params))
             batches = page.get("batches") or []
             for batch in batches:
                 if batch.get("name") == name:
@@ -247,10 +248,7 @@ class XaiProvider:
             if token:
                 params["pagination_token"] = token
             page = self._call(
-                f"reading results of {batch_id}",
-                lambda p=params: self._client.get(
-                    f"/batches/{batch_id}/results", cast_to=object, options={"params": p}
-                ),
+                f"reading results of {batch_id}", partial(self._get, f"/batches/{batch_id}/results", params)
             )
             results = page.get("results") or []
             if results:

@@ -1,0 +1,59 @@
+"""Shared fixtures: an offline Prefect, a live emulator on a free loopback port, and
+helpers that run the real pipeline stages against it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Before Prefect is imported anywhere: offline, isolated, quiet.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="grok-batch-test-prefect-")
+os.environ.update(
+    {
+        "PREFECT_HOME": _PREFECT_HOME,
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": os.path.join(_PREFECT_HOME, "storage"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    }
+)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("XAI_API_KEY", None)
+os.environ.pop("XAI_BASE_URL", None)
+os.environ.pop("GROK_BATCH_LEDGER_URL", None)
+
+import pytest  # noqa: E402
+
+from emulator import EmulatorConfig, RunningEmulator  # noqa: E402
+
+EMULATOR_KEY = "test-key-8c1f0d2e9a7b"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+    """A fast emulator on a free port; XAI_BASE_URL and XAI_API_KEY point at it."""
+    config = EmulatorConfig(api_key=EMULATOR_KEY, parse_delay_s=0.05, processing_s=0.2, retry_after_s=0.01)
+    with RunningEmulator(config) as server:
+        monkeypatch.setenv("XAI_BASE_URL", server.url)
+        monkeypatch.setenv("XAI_API_KEY", EMULATOR_KEY)
+        yield server
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path

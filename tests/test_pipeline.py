@@ -1,0 +1,81 @@
+"""The whole pipeline with the plain stage functions against the emulator over HTTP."""
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from emulator import RunningEmulator
+from tasks.errors import GrokBatchError
+from tasks.job import build_job
+from tests.helpers import assert_answers_on_their_rows, drive_to_end, write_csv
+
+JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
+
+
+def test_every_row_gets_its_own_answer_in_input_order(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    rows = [
+        {"id": f"k{i}", "text": f"review number {i} {'great' if i % 3 else 'broken'}", "n": i}
+        for i in range(120)
+    ]
+    rows[7]["text"] = ""
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    job = build_job(None, {**JOB, "prompt": "{{ text }}", "id_column": "id", "shard_max_lines": 50})
+    summary = drive_to_end(src, job, data_dir, out)
+    table = pq.read_table(out)
+    assert table.column_names[:3] == ["id", "text", "n"]
+    assert table.column("id").to_pylist() == [r["id"] for r in rows]
+    assert table.column("n").type == pa.int64()
+    assert summary.by_status["succeeded"] == 119 and summary.by_status["rejected"] == 1
+    assert table.column("status").to_pylist()[7] == "rejected"
+    assert table.column("attempts").to_pylist()[7] == 0
+    assert_answers_on_their_rows(out, data_dir / "runs" / summary.run_key)
+    assert len(summary.batches) == 3
+    assert emulator.state.count("POST", "/v1/batches", 200) == 3
+
+
+def test_failed_requests_are_retried_in_follow_up_rounds(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    emulator.config.fail_rate = 0.4
+    src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(100)])
+    out = tmp_path / "out.parquet"
+    summary = drive_to_end(src, build_job(None, {**JOB, "max_attempts": 3}), data_dir, out)
+    table = pq.read_table(out).to_pylist()
+    assert summary.rounds == 3
+    attempts = [r["attempts"] for r in table]
+    assert set(attempts) == {1, 2, 3}
+    for row in table:  # a row is retried only after it failed
+        assert row["status"] == "succeeded" or (row["status"] == "failed" and row["attempts"] == 3)
+    assert summary.by_status["succeeded"] > 90
+    assert_answers_on_their_rows(out, data_dir / "runs" / summary.run_key)
+
+
+def test_rejected_file_fails_its_rows_with_the_service_message(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    src = write_csv(tmp_path / "in.csv", [{"text": "a"}, {"text": "b"}])
+    out = tmp_path / "out.parquet"
+    summary = drive_to_end(src, build_job(None, {**JOB, "model": "grok-4.5"}), data_dir, out)
+    assert summary.by_status["failed"] == 2 and summary.rounds == 1  # not retried: it would fail again
+    assert "Model grok-4.5 is not supported for batch processing." in summary.rejected_files[0]
+    errors = pq.read_table(out).column("error").to_pylist()
+    assert all("rejected the whole file" in e and "grok-4.5" in e for e in errors)
+
+
+def test_output_is_never_overwritten_without_permission(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    src = write_csv(tmp_path / "in.csv", [{"text": "a"}])
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"precious")
+    with pytest.raises(GrokBatchError, match="already exists"):
+        drive_to_end(src, build_job(None, JOB), data_dir, out)
+    assert out.read_bytes() == b"precious"
+    assert emulator.state.request_log == []  # refused before anything was uploaded
+    drive_to_end(src, build_job(None, JOB), data_dir, out, overwrite=True)
+    assert pq.read_table(out).num_rows == 1
