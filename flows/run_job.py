@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ from tasks.providers.registry import make_provider
 from tasks.report import RunSummary, render_markdown
 from tasks.table_io import TableSource
 
-LEASE_S = 300.0
 # Listeners get every Progress (the CLI draws a progress bar with them).
 progress_listeners: list[Callable[[runner.Progress], None]] = []
 
@@ -101,22 +101,8 @@ def run_batch_job(
         logger.info(
             "run %s: %s rows, %s shard(s)", handle.run_key, handle.plan.total_rows, len(handle.plan.shards)
         )
-        holder = this_holder()
-        ledger.claim(handle.run_key, holder, LEASE_S)
-        try:
-            return _drive(
-                ledger,
-                provider,
-                handle,
-                output_path,
-                overwrite,
-                wait,
-                poll_interval_s,
-                max_poll_interval_s,
-                max_wait_s,
-            )
-        finally:
-            ledger.release(handle.run_key, holder)
+        policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
+        return _drive(ledger, provider, handle, output_path, overwrite, policy)
     finally:
         ledger.close()
 
@@ -143,24 +129,21 @@ def resume_batch_job(
         output_path = Path(output or matches[0]["output_path"])
         runner.check_output_path(output_path, overwrite)
         provider = make_provider(handle.job.provider)
-        holder = this_holder()
-        ledger.claim(handle.run_key, holder, LEASE_S)
-        try:
-            return _drive(
-                ledger,
-                provider,
-                handle,
-                output_path,
-                overwrite,
-                wait,
-                poll_interval_s,
-                max_poll_interval_s,
-                max_wait_s,
-            )
-        finally:
-            ledger.release(handle.run_key, holder)
+        ledger.claim(handle.run_key, this_holder(), runner.LEASE_S)
+        policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
+        return _drive(ledger, provider, handle, output_path, overwrite, policy)
     finally:
         ledger.close()
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How a driver waits: in-process polling with backoff, bounded in time."""
+
+    wait: bool = True
+    poll_interval_s: float = 2.0
+    max_poll_interval_s: float = 60.0
+    max_wait_s: float = 26 * 3600.0
 
 
 def _drive(
@@ -169,36 +152,39 @@ def _drive(
     handle: runner.RunHandle,
     output_path: Path,
     overwrite: bool,
-    wait: bool,
-    poll_interval_s: float,
-    max_poll_interval_s: float,
-    max_wait_s: float,
+    policy: WaitPolicy,
 ) -> dict[str, Any]:
+    """Advance the run (holding its lease) until it is finished or the wait ends."""
     holder = this_holder()
-    artifact_id: Any = create_progress_artifact(progress=0.0, description=f"grok-batch run {handle.run_key}")
-    deadline = time.monotonic() + max_wait_s
-    interval = poll_interval_s
-    last_round = 0
-    while True:
-        progress = advance_with_tasks(ledger, provider, handle)
-        update_progress_artifact(
-            artifact_id=artifact_id,
-            progress=100.0 * progress.fraction,
-            description=(
-                f"round {progress.round_no}: {progress.finished}/{progress.requests} requests finished"
-            ),
+    try:
+        artifact_id: Any = create_progress_artifact(
+            progress=0.0, description=f"grok-batch run {handle.run_key}"
         )
-        for listener in progress_listeners:
-            listener(progress)
-        if progress.complete:
-            break
-        if not wait or time.monotonic() >= deadline:
-            return {"run_key": handle.run_key, "state": "pending", "progress": progress.__dict__}
-        if progress.round_no != last_round:
-            interval, last_round = poll_interval_s, progress.round_no
-        time.sleep(interval)
-        interval = min(interval * 1.5, max_poll_interval_s)
-        ledger.claim(handle.run_key, holder, LEASE_S)  # renew the lease while we work
-    summary = join_task(ledger, handle, output_path, overwrite)
-    publish_summary(summary, handle.run_key)
-    return {"run_key": handle.run_key, "state": "finished", "summary": summary.as_dict()}
+        deadline = time.monotonic() + policy.max_wait_s
+        interval = policy.poll_interval_s
+        last_round = 0
+        while True:
+            progress = advance_with_tasks(ledger, provider, handle)
+            update_progress_artifact(
+                artifact_id=artifact_id,
+                progress=100.0 * progress.fraction,
+                description=(
+                    f"round {progress.round_no}: {progress.finished}/{progress.requests} requests finished"
+                ),
+            )
+            for listener in progress_listeners:
+                listener(progress)
+            if progress.complete:
+                break
+            if not policy.wait or time.monotonic() >= deadline:
+                return {"run_key": handle.run_key, "state": "pending", "progress": progress.__dict__}
+            if progress.round_no != last_round:
+                interval, last_round = policy.poll_interval_s, progress.round_no
+            time.sleep(interval)
+            interval = min(interval * 1.5, policy.max_poll_interval_s)
+            ledger.claim(handle.run_key, holder, runner.LEASE_S)  # renew the lease while we work
+        summary = join_task(ledger, handle, output_path, overwrite)
+        publish_summary(summary, handle.run_key)
+        return {"run_key": handle.run_key, "state": "finished", "summary": summary.as_dict()}
+    finally:
+        ledger.release(handle.run_key, holder)

@@ -71,6 +71,20 @@ def this_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _holder_is_dead(holder: str) -> bool:
+    """True for a holder process on this machine that no longer exists."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @dataclass(frozen=True)
 class BatchRow:
     batch_name: str
@@ -115,7 +129,11 @@ class Ledger:
                 conn.execute(
                     runs_table.update()
                     .where(runs_table.c.run_key == run_key)
-                    .values(output_path=output_path, updated_at=now)
+                    .values(
+                        output_path=output_path,
+                        updated_at=now,
+                        state=sa.case((runs_table.c.state == "failed", "open"), else_=runs_table.c.state),
+                    )
                 )
                 return
             conn.execute(
@@ -176,6 +194,16 @@ class Ledger:
                 )
                 .values(holder=holder, lease_until=now + lease_s)
             ).rowcount
+            if taken != 1:
+                stale = conn.execute(
+                    sa.select(runs_table.c.holder).where(runs_table.c.run_key == run_key)
+                ).scalar()
+                if stale and _holder_is_dead(stale):  # SIGKILLed on this machine: take over
+                    taken = conn.execute(
+                        runs_table.update()
+                        .where(runs_table.c.run_key == run_key, runs_table.c.holder == stale)
+                        .values(holder=holder, lease_until=now + lease_s)
+                    ).rowcount
             if taken != 1:
                 row = conn.execute(
                     sa.select(runs_table.c.holder, runs_table.c.lease_until).where(

@@ -160,10 +160,10 @@ def check_result_columns(schema: pa.Schema, job: JobSpec, source: str) -> None:
         )
 
 
-def prepare_run(source: TableSource, job: JobSpec, runs_root: Path) -> RunPlan:
+def prepare_run(source: TableSource, job: JobSpec, runs_root: Path, input_sha: str | None = None) -> RunPlan:
     """Render the table into request shards under runs_root/<run_key>, or reuse that run."""
     source.check_readable()
-    input_sha = file_sha256(source.path)
+    input_sha = input_sha or file_sha256(source.path)
     key = run_key(input_sha, job.fingerprint())
     paths = RunPaths(runs_root / key)
     if paths.plan.exists():

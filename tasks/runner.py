@@ -14,15 +14,17 @@ from tasks.collect import collect_batch
 from tasks.errors import GrokBatchError, InputError
 from tasks.job import JobSpec
 from tasks.join import write_output
-from tasks.ledger import BatchRow, Ledger
+from tasks.ledger import BatchRow, Ledger, this_holder
 from tasks.poll import poll_open
 from tasks.prepare import prepare_run
 from tasks.providers.base import BatchProvider, BatchState
 from tasks.reconcile import plan_follow_up
 from tasks.report import RunSummary, render_markdown, summarize
-from tasks.run_layout import RunPaths, RunPlan
+from tasks.run_layout import RunPaths, RunPlan, run_key
 from tasks.submit import submit_planned
-from tasks.table_io import TableSource
+from tasks.table_io import TableSource, file_sha256
+
+LEASE_S = 300.0  # renewed on every poll; a dead holder on this machine is taken over at once
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,30 @@ def start_run(
 ) -> RunHandle:
     """Prepare (or find) the run for this input and job, and record it in the ledger."""
     check_output_path(output, overwrite)
-    plan = prepare_run(source, job, runs_root)
-    run_dir = runs_root / plan.run_key
-    ledger.ensure_run(plan.run_key, str(run_dir), plan.input_path, job.name, job.provider, str(output))
-    ledger.plan_batches(plan.run_key, 1, [(s.shard_no, s.path, s.lines) for s in plan.shards])
-    return RunHandle(plan.run_key, run_dir, plan)
+    source.check_readable()
+    input_sha = file_sha256(source.path)
+    key = run_key(input_sha, job.fingerprint())
+    run_dir = runs_root / key
+    ledger.ensure_run(key, str(run_dir), str(source.path.resolve()), job.name, job.provider, str(output))
+    ledger.claim(key, this_holder(), LEASE_S)  # before prepare: two processes never both write
+    try:
+        plan = prepare_run(source, job, runs_root, input_sha)
+    except BaseException:
+        ledger.update_run(key, state="failed")
+        ledger.release(key, this_holder())
+        raise
+    ledger.plan_batches(key, 1, [(s.shard_no, s.path, s.lines) for s in plan.shards])
+    return RunHandle(key, run_dir, plan)
 
 
-def handle_for(ledger: Ledger, run_key: str) -> RunHandle:
-    run = ledger.run(run_key)
+def handle_for(ledger: Ledger, key: str) -> RunHandle:
+    run = ledger.run(key)
     if run is None:
-        raise GrokBatchError(f"no run {run_key} in the ledger {ledger.url}")
+        raise GrokBatchError(f"no run {key} in the ledger {ledger.url}")
     run_dir = Path(run["run_dir"])
-    return RunHandle(run_key, run_dir, RunPlan.load(RunPaths(run_dir)))
+    if not RunPaths(run_dir).plan.exists():
+        raise GrokBatchError(f"run {key} was never prepared ({run_dir} has no run.json); run it again")
+    return RunHandle(key, run_dir, RunPlan.load(RunPaths(run_dir)))
 
 
 def progress_of(ledger: Ledger, handle: RunHandle) -> Progress:
