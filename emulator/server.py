@@ -142,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"requests": log, "batches": len(state.batches)})
         elif path == "/_emulator/config" and method == "POST":
             try:
-                state.config.update(json.loads(body or b"{}"))
+                state.configure(json.loads(body or b"{}"))
             except (KeyError, ValueError) as exc:
                 self._send_json(400, {"error": str(exc)})
                 return
@@ -288,6 +288,9 @@ class RunningEmulator:
     @property
     def config(self) -> EmulatorConfig:
         return self.state.config
+
+    def configure(self, **changes: Any) -> None:
+        self.state.configure(changes)
 
     def start(self) -> RunningEmulator:
         self._thread.start()

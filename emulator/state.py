@@ -147,6 +147,13 @@ class ServiceState:
         self._rng = random.Random(config.seed)
         self._ids = itertools.count(1)
 
+    def configure(self, changes: dict[str, Any]) -> None:
+        """Change knobs at run time; a new `seed` restarts the fault sequence."""
+        with self.lock:
+            self.config.update(changes)
+            if "seed" in changes:
+                self._rng = random.Random(self.config.seed)
+
     # -- bookkeeping --------------------------------------------------------
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{uuid.UUID(int=self._rng.getrandbits(128))}"

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.catalog import model_info
 from tasks.errors import InputError
 from tasks.job import JobSpec
 from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS
@@ -26,6 +27,9 @@ from tasks.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
 from tasks.table_io import CsvColumnTypeError, TableSource, file_sha256
 
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # xAI's per-request limit (reference §3)
+# Prompt-size estimate for the context-window check: low on purpose (English runs ~4 bytes
+# a token), so a row is refused only when it surely cannot fit.
+BYTES_PER_TOKEN = 4
 _SAFE_ID = r"^[A-Za-z0-9_.:-]{1,40}$"
 _CONTROL = r"[\x00-\x1f]"
 
@@ -209,6 +213,8 @@ def _write_staged(
     staged.requests_dir.mkdir(parents=True)
     writer = ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes)
     head, middle, tail = request_line_parts(job)
+    info = model_info(job.model)
+    context_window = info.context_window if info else None
     prefix = key[:8]
     total = rejected = 0
     id_chunks: list[pa.Array] = []
@@ -220,7 +226,9 @@ def _write_staged(
                 ids = batch.column(job.id_column)
                 _check_no_null_ids(ids, total, job.id_column, label)
                 id_chunks.append(pc.cast(ids, pa.string()))
-            rendered = _render_batch(batch, job, writer, head, middle, tail, prefix, row_index, ids)
+            rendered = _render_batch(
+                batch, job, writer, head, middle, tail, prefix, row_index, ids, context_window
+            )
             manifest.write_batch(
                 pa.record_batch(
                     [rendered.custom_ids, rendered.row_index, rendered.shard, rendered.reject_reason],
@@ -266,21 +274,28 @@ def _render_batch(
     prefix: str,
     row_index: pa.Array,
     ids: pa.Array | None,
+    context_window: int | None,
 ) -> _Rendered:
     custom_ids = make_custom_ids(prefix, row_index, ids)
     prompts = job.template.render(batch)
     lines = pc.binary_join_element_wise(
         head, json_string_literals(custom_ids), middle, json_string_literals(prompts), tail, ""
     )
-    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
-    too_big = pc.greater(pc.binary_length(lines), MAX_REQUEST_BYTES)
     reasons = pc.if_else(
-        empty,
-        "empty prompt: the template rendered no text for this row",
-        pc.if_else(
-            too_big, "request larger than the 25 MB xAI accepts per request", pa.scalar(None, pa.string())
-        ),
+        pc.greater(pc.binary_length(lines), MAX_REQUEST_BYTES),
+        "request larger than the 25 MB xAI accepts per request",
+        pa.scalar(None, pa.string()),
     )
+    if context_window is not None:
+        system_bytes = len((job.system or "").encode("utf-8"))
+        estimated = pc.divide(pc.add(pc.binary_length(prompts), system_bytes), BYTES_PER_TOKEN)
+        reasons = pc.if_else(
+            pc.greater(estimated, context_window),
+            f"prompt of an estimated >{context_window} tokens exceeds {job.model}'s context window",
+            reasons,
+        )
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
+    reasons = pc.if_else(empty, "empty prompt: the template rendered no text for this row", reasons)
     keep = pc.is_null(reasons)
     shard = np.full(batch.num_rows, -1, dtype=np.int32)
     keep_mask = keep.to_numpy(zero_copy_only=False)

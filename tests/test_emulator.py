@@ -156,7 +156,7 @@ def test_bearer_auth_is_enforced_and_key_not_echoed(tmp_path: Path, emulator: Ru
 
 
 def test_fault_storm_is_absorbed_by_retries(tmp_path: Path, emulator: RunningEmulator) -> None:
-    emulator.config.update({"rate_429": 0.3, "rate_500": 0.1, "drop_rate": 0.05, "seed": 11})
+    emulator.configure(rate_429=0.3, rate_500=0.1, drop_rate=0.05, seed=11)
     provider = XaiProvider(max_retries=12)
     batch_id = provider.create_batch(
         "storm", provider.upload(jsonl(tmp_path / "a.jsonl", [request(f"r{i}") for i in range(30)]))
