@@ -306,11 +306,13 @@ def _render_batch(
 
 
 def _check_no_null_ids(ids: pa.Array, offset: int, column: str, label: str) -> None:
-    if ids.null_count:
-        first = pc.index(pc.is_null(ids), True).as_py()
+    empty = pc.or_kleene(pc.is_null(ids), pc.equal(pc.cast(ids, pa.string()), ""))
+    count = pc.sum(empty).as_py() or 0
+    if count:
+        first = pc.index(empty, True).as_py()
         raise InputError(
-            f"{label}: id_column {column!r} is empty on row {offset + first + 1} "
-            f"({ids.null_count} empty id(s) in this block); every row needs an id"
+            f"{label}: id_column {column!r} is empty on data row {offset + first + 1} "
+            f"({count} empty id(s) in this block); every row needs an id"
         )
 
 

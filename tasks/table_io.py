@@ -97,7 +97,14 @@ class TableSource:
                 return pq.ParquetFile(self.path).schema_arrow
             except (pa.ArrowInvalid, OSError) as exc:
                 raise InputError(f"{self.path} is not a readable Parquet file: {exc}") from None
-        return self._csv_reader().schema
+        schema = self._csv_reader().schema
+        undecodable = [f.name for f in schema if pa.types.is_binary(f.type)]
+        if undecodable:  # Arrow falls back to bytes when a column is not valid UTF-8
+            raise InputError(
+                f"{self.path}: column(s) {', '.join(map(repr, undecodable))} are not valid "
+                f"{self.encoding}; pass the file's real encoding with --encoding, e.g. --encoding latin-1"
+            )
+        return schema
 
     def batches(self, schema: pa.Schema | None = None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Record batches of the table; pass `schema` to pin CSV column types."""

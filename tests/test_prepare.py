@@ -96,7 +96,7 @@ def test_id_column_makes_ids_and_must_be_unique_and_present(tmp_path: Path) -> N
         prepare_run(TableSource(dup), build_job(None, {**JOB, "id_column": "id"}), tmp_path / "runs")
     nulls = tmp_path / "nulls.parquet"
     pq.write_table(pa.table({"id": [1, None], "text": ["x", "y"]}), nulls)
-    with pytest.raises(InputError, match=r"'id' is empty on row 2"):
+    with pytest.raises(InputError, match=r"'id' is empty on data row 2"):
         prepare_run(TableSource(nulls), build_job(None, {**JOB, "id_column": "id"}), tmp_path / "runs")
     with pytest.raises(InputError, match=r"id_column 'key' is not a column"):
         prepare_run(TableSource(src), build_job(None, {**JOB, "id_column": "key"}), tmp_path / "runs")
