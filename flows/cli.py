@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Quiet, offline-friendly Prefect defaults for a terminal tool (the user's env wins).
@@ -24,6 +25,28 @@ from rich.table import Table
 
 from tasks.errors import GrokBatchError
 from tasks.runner import report_path
+
+
+class _ShownOnce(logging.Filter):
+    """Drop Prefect's traceback for errors the CLI reports itself in one clear line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, GrokBatchError):
+            return False
+        message = record.getMessage()
+        return not any(f"exception {name}:" in message for name in _user_error_names(GrokBatchError))
+
+
+def _user_error_names(base: type) -> set[str]:
+    names = {base.__name__}
+    for subclass in base.__subclasses__():
+        names |= _user_error_names(subclass)
+    return names
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_ShownOnce())
 
 console = Console()
 err_console = Console(stderr=True)
@@ -74,7 +97,7 @@ class _ProgressBar:
             console=console,
             transient=False,
         )
-        self.task = self.bar.add_task("waiting", total=None)
+        self.task = self.bar.add_task("preparing", total=None)
 
     def __call__(self, progress: Any) -> None:
         states = ", ".join(f"{n} {s}" for s, n in sorted(progress.states.items()))

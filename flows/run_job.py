@@ -96,8 +96,12 @@ def run_batch_job(
     output_path = Path(output or job.output or default_output(source.path, data_root))
     ledger = Ledger(default_ledger_url(data_root))
     try:
-        provider = make_provider(job.provider)
         handle = prepare_task(source, job, data_root / "runs", ledger, output_path, overwrite)
+        try:
+            provider = make_provider(job.provider)
+        except BaseException:
+            ledger.release(handle.run_key, this_holder())
+            raise
         logger.info(
             "run %s: %s rows, %s shard(s)", handle.run_key, handle.plan.total_rows, len(handle.plan.shards)
         )

@@ -29,6 +29,7 @@ def test_every_subcommand_help_has_an_example(command: str) -> None:
     assert "Example" in result.output
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_bad_job_is_refused_before_anything_is_sent(tmp_path: Path, emulator: RunningEmulator) -> None:
     src = write_csv(tmp_path / "in.csv", [{"text": "x"}])
     result = runner.invoke(app, ["run", str(src), "--model", "grok-4.3", "--data-dir", str(tmp_path)])
