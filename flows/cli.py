@@ -38,7 +38,7 @@ class _ShownOnce(logging.Filter):
         return not any(f"exception {name}:" in message for name in _user_error_names(GrokBatchError))
 
 
-def _user_error_names(base: type) -> set[str]:
+def _user_error_names(base: type[Exception]) -> set[str]:
     names = {base.__name__}
     for subclass in base.__subclasses__():
         names |= _user_error_names(subclass)
