@@ -202,3 +202,11 @@ def test_files_routes_and_sealed_file_batches(tmp_path: Path, emulator: RunningE
     )
     assert added.status_code == 400 and "sealed" in added.json()["error"]
     assert client.files.delete(uploaded.id).deleted
+
+
+def test_batch_creation_stays_under_two_per_second(tmp_path: Path, emulator: RunningEmulator) -> None:
+    provider = XaiProvider()
+    file_id = provider.upload(jsonl(tmp_path / "a.jsonl", [request("x")]))
+    ids = [provider.create_batch(f"rate-{i}", file_id) for i in range(4)]
+    created = sorted(emulator.state.batches[i].created for i in ids)
+    assert min(b - a for a, b in zip(created, created[1:], strict=False)) >= 0.5

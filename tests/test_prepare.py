@@ -125,3 +125,24 @@ def test_csv_column_that_changes_type_later_is_read_as_text(tmp_path: Path) -> N
     plan = prepare_run(TableSource(src), build_job(None, {**JOB, "prompt": "{{ n }}"}), tmp_path / "runs")
     assert plan.total_rows == 200_001
     assert lines_of(plan)[-1]["body"]["messages"][0]["content"] == "not-a-number"
+
+
+def test_oversized_rows_are_rejected_alone(tmp_path: Path) -> None:
+    src = tmp_path / "big.parquet"
+    huge = "word " * (26 * 1024 * 1024 // 5)  # > 25 MB: more than xAI takes in one request
+    long = "token " * 150_000  # ~900 kB: beyond grok-3's 131,072-token window
+    pq.write_table(pa.table({"text": ["small", huge, long, "also small"]}), src)
+    unknown = prepare_run(
+        TableSource(src), build_job(None, {**JOB, "model": "some-new-model"}), tmp_path / "a"
+    )
+    manifest = pq.read_table(Path(unknown.shards[0].path).parents[1] / "rows.parquet").to_pylist()
+    assert [m["reject_reason"] is None for m in manifest] == [True, False, True, True]
+    assert manifest[1]["reject_reason"].startswith("request larger than the 25 MB")
+    grok3 = prepare_run(TableSource(src), build_job(None, {**JOB, "model": "grok-3"}), tmp_path / "b")
+    manifest = pq.read_table(Path(grok3.shards[0].path).parents[1] / "rows.parquet").to_pylist()
+    assert [m["reject_reason"] is None for m in manifest] == [True, False, False, True]
+    assert "exceeds grok-3's context window" in manifest[2]["reject_reason"]
+    assert [line["custom_id"] for line in lines_of(grok3)] == [
+        manifest[0]["custom_id"],
+        manifest[3]["custom_id"],
+    ]
