@@ -110,6 +110,7 @@ class _ProgressBar:
 
 
 def _run_flow(call: Any) -> dict[str, Any]:
+    """Call a flow with a progress bar fed by its progress listeners."""
     from flows import run_job
 
     bar = _ProgressBar()
@@ -120,6 +121,14 @@ def _run_flow(call: Any) -> dict[str, Any]:
     finally:
         run_job.progress_listeners.remove(bar)
     return result
+
+
+def _run_and_show(call: Any, data_dir: Path) -> None:
+    try:
+        result = _run_flow(call)
+    except GrokBatchError as exc:
+        _fail(exc)
+    _show_result(result, data_dir)
 
 
 def _show_result(result: dict[str, Any], data_dir: Path) -> None:
@@ -217,22 +226,22 @@ def run(
             "output": str(output) if output else None,
         }
         spec = build_job(job_file, overrides)
-        result = _run_flow(
-            lambda: run_batch_job(
-                input_path=str(input_path),
-                job=spec,
-                output=str(output) if output else None,
-                overwrite=overwrite,
-                wait=wait,
-                data_dir=str(data_dir),
-                encoding=encoding,
-                poll_interval_s=poll_interval,
-                max_wait_s=max_wait,
-            )
-        )
     except GrokBatchError as exc:
         _fail(exc)
-    _show_result(result, data_dir)
+    _run_and_show(
+        lambda: run_batch_job(
+            input_path=str(input_path),
+            job=spec,
+            output=str(output) if output else None,
+            overwrite=overwrite,
+            wait=wait,
+            data_dir=str(data_dir),
+            encoding=encoding,
+            poll_interval_s=poll_interval,
+            max_wait_s=max_wait,
+        ),
+        data_dir,
+    )
 
 
 @app.command()
@@ -253,21 +262,18 @@ def resume(
     """
     from flows.run_job import resume_batch_job
 
-    try:
-        result = _run_flow(
-            lambda: resume_batch_job(
-                run_key=run_key,
-                output=str(output) if output else None,
-                overwrite=overwrite,
-                wait=wait,
-                data_dir=str(data_dir),
-                poll_interval_s=poll_interval,
-                max_wait_s=max_wait,
-            )
-        )
-    except GrokBatchError as exc:
-        _fail(exc)
-    _show_result(result, data_dir)
+    _run_and_show(
+        lambda: resume_batch_job(
+            run_key=run_key,
+            output=str(output) if output else None,
+            overwrite=overwrite,
+            wait=wait,
+            data_dir=str(data_dir),
+            poll_interval_s=poll_interval,
+            max_wait_s=max_wait,
+        ),
+        data_dir,
+    )
 
 
 @app.command()

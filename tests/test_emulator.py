@@ -1,5 +1,6 @@
 """The emulator behaves like xAI's service (reference §8), seen through the real openai SDK."""
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -209,4 +210,4 @@ def test_batch_creation_stays_under_two_per_second(tmp_path: Path, emulator: Run
     file_id = provider.upload(jsonl(tmp_path / "a.jsonl", [request("x")]))
     ids = [provider.create_batch(f"rate-{i}", file_id) for i in range(4)]
     created = sorted(emulator.state.batches[i].created for i in ids)
-    assert min(b - a for a, b in zip(created, created[1:], strict=False)) >= 0.5
+    assert min(b - a for a, b in itertools.pairwise(created)) >= 0.5
