@@ -353,6 +353,35 @@ def cancel(
 
 
 @app.command()
+def serve(
+    inbox: Annotated[Path | None, typer.Option(help="Inbox folder (default DATA_DIR/inbox).")] = None,
+    scan_interval: Annotated[float, typer.Option(help="Seconds between inbox scans.")] = 60.0,
+    collect_interval: Annotated[float, typer.Option(help="Seconds between collector passes.")] = 120.0,
+    settle: Annotated[float, typer.Option(help="A dropped file must be unchanged this long.")] = 10.0,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Serve the run-job, scan-inbox and collect-pending deployments from this process.
+
+    Needs a Prefect server (PREFECT_API_URL); runs appear in its UI.
+
+    Example:
+
+      prefect server start &   export PREFECT_API_URL=http://127.0.0.1:4200/api
+
+      grok-batch serve --scan-interval 30   # then drop reviews.csv into data/inbox/
+    """
+    from flows.serve import serve_all
+
+    serve_all(
+        data_dir=str(data_dir),
+        inbox_dir=str(inbox) if inbox else None,
+        scan_interval_s=scan_interval,
+        collect_interval_s=collect_interval,
+        settle_s=settle,
+    )
+
+
+@app.command()
 def emulator(
     host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,

@@ -62,6 +62,15 @@ def advance_with_tasks(ledger: Ledger, provider: BatchProvider, handle: runner.R
     return runner.progress_of(ledger, handle)
 
 
+def finish_and_publish(
+    ledger: Ledger, handle: runner.RunHandle, output_path: Path, overwrite: bool
+) -> RunSummary:
+    """Join, write output and report, and show the summary and report in the UI."""
+    summary = join_task(ledger, handle, output_path, overwrite)
+    publish_summary(summary, handle.run_key)
+    return summary
+
+
 def publish_summary(summary: RunSummary, run_key: str) -> None:
     counts = [{"status": s, "rows": n} for s, n in summary.by_status.items() if n]
     counts += [{"status": f"tokens: {k}", "rows": v} for k, v in summary.tokens.items()]
@@ -187,8 +196,7 @@ def _drive(
             time.sleep(interval)
             interval = min(interval * 1.5, policy.max_poll_interval_s)
             ledger.claim(handle.run_key, holder, runner.LEASE_S)  # renew the lease while we work
-        summary = join_task(ledger, handle, output_path, overwrite)
-        publish_summary(summary, handle.run_key)
+        summary = finish_and_publish(ledger, handle, output_path, overwrite)
         return {"run_key": handle.run_key, "state": "finished", "summary": summary.as_dict()}
     finally:
         ledger.release(handle.run_key, holder)

@@ -23,9 +23,15 @@ from tasks.table_io import TableSource
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(
-    source: TableSource, job: JobSpec, runs_root: Path, ledger: Ledger, output: Path, overwrite: bool
+    source: TableSource,
+    job: JobSpec,
+    runs_root: Path,
+    ledger: Ledger,
+    output: Path,
+    overwrite: bool,
+    origin: str = "cli",
 ) -> runner.RunHandle:
-    return runner.start_run(source, job, runs_root, ledger, output, overwrite)
+    return runner.start_run(source, job, runs_root, ledger, output, overwrite, origin)
 
 
 @task(name="submit", cache_policy=NO_CACHE)

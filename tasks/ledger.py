@@ -30,7 +30,9 @@ runs_table = sa.Table(
     sa.Column("job_name", sa.String(128), nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
     sa.Column("output_path", sa.Text),
-    sa.Column("state", sa.String(16), nullable=False, default="open"),  # open | finished
+    sa.Column("overwrite", sa.Boolean, nullable=False, default=False),
+    sa.Column("origin", sa.String(16), nullable=False, default="cli"),  # cli | inbox | deployment
+    sa.Column("state", sa.String(16), nullable=False, default="open"),  # open | complete | finished | failed
     sa.Column("round_no", sa.Integer, nullable=False, default=1),
     sa.Column("holder", sa.String(255)),
     sa.Column("lease_until", sa.Float),
@@ -121,7 +123,16 @@ class Ledger:
 
     # -- runs ----------------------------------------------------------------
     def ensure_run(
-        self, run_key: str, run_dir: str, input_path: str, job_name: str, provider: str, output_path: str
+        self,
+        run_key: str,
+        run_dir: str,
+        input_path: str,
+        job_name: str,
+        provider: str,
+        output_path: str,
+        *,
+        overwrite: bool = False,
+        origin: str = "cli",
     ) -> None:
         now = time.time()
         with self.tx() as conn:
@@ -131,6 +142,7 @@ class Ledger:
                     .where(runs_table.c.run_key == run_key)
                     .values(
                         output_path=output_path,
+                        overwrite=overwrite,
                         updated_at=now,
                         state=sa.case((runs_table.c.state == "failed", "open"), else_=runs_table.c.state),
                     )
@@ -144,6 +156,8 @@ class Ledger:
                     job_name=job_name,
                     provider=provider,
                     output_path=output_path,
+                    overwrite=overwrite,
+                    origin=origin,
                     state="open",
                     round_no=1,
                     created_at=now,

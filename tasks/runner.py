@@ -77,7 +77,13 @@ def check_output_path(output: Path, overwrite: bool) -> None:
 
 
 def start_run(
-    source: TableSource, job: JobSpec, runs_root: Path, ledger: Ledger, output: Path, overwrite: bool = False
+    source: TableSource,
+    job: JobSpec,
+    runs_root: Path,
+    ledger: Ledger,
+    output: Path,
+    overwrite: bool = False,
+    origin: str = "cli",
 ) -> RunHandle:
     """Prepare (or find) the run for this input and job, and record it in the ledger."""
     check_output_path(output, overwrite)
@@ -85,7 +91,16 @@ def start_run(
     input_sha = file_sha256(source.path)
     key = run_key(input_sha, job.fingerprint())
     run_dir = runs_root / key
-    ledger.ensure_run(key, str(run_dir), str(source.path.resolve()), job.name, job.provider, str(output))
+    ledger.ensure_run(
+        key,
+        str(run_dir),
+        str(source.path.resolve()),
+        job.name,
+        job.provider,
+        str(output),
+        overwrite=overwrite,
+        origin=origin,
+    )
     ledger.claim(key, this_holder(), LEASE_S)  # before prepare: two processes never both write
     try:
         plan = prepare_run(source, job, runs_root, input_sha)

@@ -11,7 +11,7 @@ from flows.cli import app
 from tests.helpers import write_csv
 
 runner = CliRunner()
-COMMANDS = ["run", "resume", "status", "cancel", "emulator", "demo"]
+COMMANDS = ["run", "resume", "status", "cancel", "serve", "emulator", "demo"]
 
 
 def test_top_level_help_shows_an_example() -> None:

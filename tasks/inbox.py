@@ -1,0 +1,169 @@
+"""The analyst inbox: files dropped into a folder become runs; results land in the outbox.
+
+inbox/name.csv (+ optional name.job.yaml, else inbox/default.job.yaml)
+  -> claimed atomically into processing/ once it has stopped growing
+  -> outbox/name.parquet + outbox/name.report.md when the run finishes
+  -> the input moves to archive/; a file that cannot be processed moves to failed/
+     with name.error.md saying what to fix.
+
+Inbox job files are untrusted: they cannot choose where output goes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.errors import GrokBatchError, JobSpecError
+from tasks.job import JobSpec, build_job
+from tasks.table_io import FORMATS, file_sha256
+
+DEFAULT_JOB_NAME = "default.job.yaml"
+JOB_SUFFIX = ".job.yaml"
+
+
+@dataclass(frozen=True)
+class InboxLayout:
+    """The folders of one inbox; all beside each other under the data directory."""
+
+    inbox: Path
+    processing: Path
+    outbox: Path
+    archive: Path
+    failed: Path
+
+    @classmethod
+    def under(cls, data_dir: Path, inbox: Path | None = None) -> InboxLayout:
+        return cls(
+            inbox=inbox or data_dir / "inbox",
+            processing=data_dir / "processing",
+            outbox=data_dir / "outbox",
+            archive=data_dir / "archive",
+            failed=data_dir / "failed",
+        )
+
+    def ensure(self) -> None:
+        for folder in (self.inbox, self.processing, self.outbox, self.archive, self.failed):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def holds(self, path: Path, folder: Path) -> bool:
+        """True when `path` resolves inside `folder` (no `..`, no symlink escaping it)."""
+        try:
+            path.resolve().relative_to(folder.resolve())
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A dropped file moved into processing/, with the job that goes with it."""
+
+    name: str  # the name it was dropped with, e.g. reviews.csv
+    path: Path  # where it is now
+    sha256: str
+    job: JobSpec
+
+
+def settled_tables(inbox: Path, settle_s: float, now: float | None = None) -> list[Path]:
+    """Tables in the inbox that have not changed for `settle_s` seconds (still-growing
+    files are left for a later scan)."""
+    if not inbox.is_dir():
+        return []
+    moment = time.time() if now is None else now
+    found = []
+    for path in sorted(inbox.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in FORMATS:
+            continue
+        stat = path.stat()
+        if moment - stat.st_mtime >= settle_s:
+            found.append(path)
+    return found
+
+
+def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
+    """name.job.yaml beside the table, else the inbox default; output is never the job's choice."""
+    own = table.with_name(table.stem + JOB_SUFFIX)
+    job_file = own if own.exists() else layout.inbox / DEFAULT_JOB_NAME
+    if not job_file.exists():
+        raise JobSpecError(
+            f"no job for {table.name}: drop {own.name} beside it, or put a {DEFAULT_JOB_NAME} in the inbox"
+        )
+    if not layout.holds(job_file, layout.inbox):
+        raise JobSpecError(f"job file {job_file.name} points outside the inbox; it is not used")
+    job = build_job(job_file)
+    if job.output is not None:
+        raise JobSpecError(
+            f"{job_file.name}: field `output` is not allowed in an inbox job; results always go to the outbox"
+        )
+    return own, job
+
+
+def claim(table: Path, layout: InboxLayout) -> Claimed | None:
+    """Move `table` (and its own job file) into processing/ atomically; None if another
+    scanner took it first."""
+    own_job, job = job_for(table, layout)
+    sha = file_sha256(table)
+    target = layout.processing / f"{table.stem}--{sha[:12]}{table.suffix}"
+    try:
+        os.rename(table, target)  # atomic within one file system: exactly one scanner wins
+    except FileNotFoundError:
+        return None
+    if own_job.exists():
+        shutil.copy2(own_job, target.with_name(target.stem + JOB_SUFFIX))
+        own_job.unlink()
+    return Claimed(name=table.name, path=target, sha256=sha, job=job)
+
+
+def dropped_name(processing_path: Path) -> str:
+    """reviews--0123456789ab.csv -> reviews.csv"""
+    stem, _, _ = processing_path.stem.rpartition("--")
+    return (stem or processing_path.stem) + processing_path.suffix
+
+
+def output_for(name: str, sha256: str, layout: InboxLayout) -> Path:
+    """outbox/name.parquet, or name--<sha>.parquet when another content holds that name."""
+    stem = Path(name).stem
+    plain = layout.outbox / f"{stem}.parquet"
+    return plain if not plain.exists() else layout.outbox / f"{stem}--{sha256[:12]}.parquet"
+
+
+def _free_path(folder: Path, name: str) -> Path:
+    candidate = folder / name
+    counter = 1
+    while candidate.exists():
+        candidate = folder / f"{Path(name).stem}.{counter}{Path(name).suffix}"
+        counter += 1
+    return candidate
+
+
+def archive(processing_path: Path, layout: InboxLayout) -> Path:
+    """Move a finished input (and its job file) to archive/, never over another file."""
+    target = _free_path(layout.archive, processing_path.name)
+    shutil.move(processing_path, target)
+    job = processing_path.with_name(processing_path.stem + JOB_SUFFIX)
+    if job.exists():
+        shutil.move(job, _free_path(layout.archive, job.name))
+    return target
+
+
+def fail(path: Path, error: Exception | str, layout: InboxLayout) -> Path:
+    """Move a file that cannot be processed to failed/ with name.error.md explaining why."""
+    name = dropped_name(path) if path.parent == layout.processing else path.name
+    target = _free_path(layout.failed, name)
+    if path.exists():
+        shutil.move(path, target)
+    job = path.with_name(path.stem + JOB_SUFFIX)  # beside it, in the inbox or in processing/
+    if job.exists():
+        shutil.move(job, _free_path(layout.failed, Path(name).stem + JOB_SUFFIX))
+    message = str(error)
+    kind = "The job or the file needs a fix" if isinstance(error, GrokBatchError) else "Unexpected error"
+    note = (
+        f"# {name} could not be processed\n\n{kind}:\n\n```\n{message}\n```\n\n"
+        f"Fix it and drop the file into the inbox again ({layout.inbox}).\n"
+    )
+    target.with_name(Path(target.name).stem + ".error.md").write_text(note, encoding="utf-8")
+    return target
