@@ -32,7 +32,9 @@ def collect_until_idle(data: Path, timeout_s: float = 30) -> None:
         time.sleep(0.2)
 
 
-def test_dropped_file_ends_in_the_outbox_and_the_input_in_archive(tmp_path: Path, emulator: RunningEmulator) -> None:
+def test_dropped_file_ends_in_the_outbox_and_the_input_in_archive(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
     data = tmp_path / "data"
     drop(data / "inbox", "reviews.csv", [{"text": f"great {i}"} for i in range(12)])
     assert scan_inbox(data_dir=str(data), settle_s=5)["submitted"] == ["reviews.csv"]
@@ -80,7 +82,11 @@ def test_same_content_twice_is_processed_once_and_same_name_never_clobbers(
         (b"text\n", JOB_YAML, "has a header but no data rows"),
         (b"text\nx\n", None, "no job for bad.csv"),
         (b"text\nx\n", "model: grok-4.3\nprompt: '{{ txt }}'\n", "'txt'"),
-        (b"text\nx\n", JOB_YAML + "output: /etc/evil.parquet\n", "field `output` is not allowed in an inbox job"),
+        (
+            b"text\nx\n",
+            JOB_YAML + "output: /etc/evil.parquet\n",
+            "field `output` is not allowed in an inbox job",
+        ),
     ],
     ids=["header only", "missing job", "missing column", "output outside outbox"],
 )
