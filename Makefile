@@ -44,6 +44,9 @@ test: lint typecheck pytest
 emulator: $(STAMP)
 	$(BIN)/grok-batch emulator
 
+serve: $(STAMP)
+	$(BIN)/grok-batch serve
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
