@@ -113,7 +113,7 @@ def test_dropped_file_is_finished_by_the_scheduled_scan_and_collector(
             str(INTERVAL_S),
             "--settle",
             "1",
-        ],  # fmt: skip
+        ],
         env=env,
         stdout=(tmp_path / "serve.log").open("wb"),
         stderr=subprocess.STDOUT,
