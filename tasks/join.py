@@ -21,44 +21,49 @@ from tasks.run_layout import RunPaths, RunPlan, load_schema
 from tasks.table_io import TableSource
 
 
-def latest_results(paths: RunPaths) -> pa.Table:
-    """One record per custom_id: the one from its last round, with attempts = that round."""
+def all_results(paths: RunPaths) -> pa.Table:
     files = sorted(paths.results_dir.glob("*.parquet")) if paths.results_dir.exists() else []
-    results = (
-        pa.concat_tables([pq.read_table(f, schema=RESULT_SCHEMA) for f in files])
-        if files
-        else RESULT_SCHEMA.empty_table()
-    )
-    last_round = results.group_by("custom_id").aggregate([("round", "max")])
-    latest = results.join(
-        last_round, keys=["custom_id", "round"], right_keys=["custom_id", "round_max"], join_type="inner"
-    )
-    return latest.append_column("attempts", pc.cast(latest.column("round"), pa.int32()))
+    if not files:
+        return RESULT_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=RESULT_SCHEMA) for f in files])
 
 
 def result_columns(paths: RunPaths, total_rows: int) -> pa.Table:
-    """The appended columns for every input row, in input order."""
-    manifest = pq.read_table(paths.manifest, columns=["custom_id", "row_index", "reject_reason"])
-    latest = latest_results(paths).drop_columns(["retryable", "round"])
-    joined = manifest.join(latest, keys="custom_id", join_type="left outer").sort_by("row_index")
-    if joined.num_rows != total_rows or not np.array_equal(
-        joined.column("row_index").to_numpy(), np.arange(total_rows, dtype=np.int64)
-    ):
+    """The appended columns for every input row, in input order.
+
+    Positional, not a hash join: index_in maps each result's custom_id to its manifest
+    position (= its row), and the record of the row's last round is taken into place.
+    """
+    manifest = pq.read_table(paths.manifest, columns=["custom_id", "reject_reason"])
+    results = all_results(paths)
+    positions = pc.index_in(results.column("custom_id"), value_set=manifest.column("custom_id"))
+    if manifest.num_rows != total_rows or positions.null_count:
         raise GrokBatchError(
-            f"internal error: {joined.num_rows} outcomes for {total_rows} rows; the run directory "
-            f"{paths.run_dir} is kept for inspection"
+            f"internal error: the results in {paths.run_dir} do not match its {total_rows} rows; "
+            "the run directory is kept for inspection"
         )
-    rejected = pc.is_valid(joined.column("reject_reason"))
-    status = pc.if_else(rejected, REJECTED, joined.column("status"))
-    error = pc.if_else(rejected, joined.column("reject_reason"), joined.column("error"))
-    attempts = pc.if_else(rejected, pa.scalar(0, pa.int32()), joined.column("attempts"))
+    row_of = positions.to_numpy(zero_copy_only=False).astype(np.int64)
+    rounds = results.column("round").to_numpy(zero_copy_only=False).astype(np.int32)
+    last_round = np.zeros(total_rows, dtype=np.int32)
+    np.maximum.at(last_round, row_of, rounds)
+    latest = np.flatnonzero(rounds == last_round[row_of])  # one record per row: its last round
+    source = np.full(total_rows, -1, dtype=np.int64)
+    source[row_of[latest]] = latest
+    picked = results.take(pa.array(source, mask=source < 0))
+    rejected = pc.is_valid(manifest.column("reject_reason"))
+    status = pc.if_else(rejected, REJECTED, picked.column("status"))
     unresolved = pc.sum(pc.is_null(status)).as_py() or 0
     if unresolved:
         raise GrokBatchError(
             f"{unresolved} row(s) have no outcome yet; the run is not finished ({paths.run_dir})"
         )
-    columns = {name: joined.column(name) for name in OUTPUT_RESULT_COLUMNS if name in joined.column_names}
-    columns.update(status=status, error=error, attempts=attempts)
+    columns = {name: picked.column(name) for name in OUTPUT_RESULT_COLUMNS if name in picked.column_names}
+    columns.update(
+        custom_id=manifest.column("custom_id"),
+        status=status,
+        error=pc.if_else(rejected, manifest.column("reject_reason"), picked.column("error")),
+        attempts=pc.if_else(rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32())),
+    )
     return pa.table({name: columns[name] for name in OUTPUT_RESULT_COLUMNS})
 
 

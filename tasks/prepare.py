@@ -32,46 +32,56 @@ MAX_REQUEST_BYTES = 25 * 1024 * 1024  # xAI's per-request limit (reference §3)
 BYTES_PER_TOKEN = 4
 _SAFE_ID = r"^[A-Za-z0-9_.:-]{1,40}$"
 _CONTROL = r"[\x00-\x1f]"
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 
 
-def json_string_literals(values: pa.Array) -> pa.Array:
-    """Each string as a JSON string literal (quotes included), without Python per row."""
-    escaped = pc.replace_substring(values, "\\", "\\\\")
+def json_escape(values: pa.Array) -> pa.Array:
+    """Each string escaped for use inside a JSON string literal, without Python per row.
+
+    One regex pass finds the rows that need escaping at all; only those go through the
+    replacements (most prompts hold no quote, backslash or control character).
+    """
+    special = pc.match_substring_regex(values, _NEEDS_ESCAPE)
+    if not pc.any(special).as_py():
+        return values
+    subset = pc.filter(values, special)
+    escaped = pc.replace_substring(subset, "\\", "\\\\")
     for raw, quoted in (('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
         escaped = pc.replace_substring(escaped, raw, quoted)
     has_control = pc.match_substring_regex(escaped, _CONTROL)
     if pc.any(has_control).as_py():  # rare: other control characters, escaped by json
-        mask = has_control.to_numpy(zero_copy_only=False)
-        originals = values.to_pylist()
+        originals = subset.to_pylist()
         fixed = [
-            json.dumps(originals[i], ensure_ascii=False)[1:-1] if mask[i] else None
-            for i in range(len(values))
+            json.dumps(text, ensure_ascii=False)[1:-1] if flag else None
+            for text, flag in zip(originals, has_control.to_pylist(), strict=True)
         ]
         escaped = pc.if_else(has_control, pa.array(fixed, type=pa.string()), escaped)
-    return pc.binary_join_element_wise('"', escaped, '"', "")
+    return pc.replace_with_mask(values, special, escaped)
 
 
 def request_line_parts(job: JobSpec) -> tuple[str, str, str]:
-    """The constant JSON around custom_id and prompt in every request line."""
-    head = '{"custom_id":'
+    """The constant JSON around custom_id and prompt in every request line (quotes
+    included: custom_ids never need escaping, prompts go through json_escape)."""
+    head = '{"custom_id":"'
     messages = '[{"role":"system","content":' + json.dumps(job.system, ensure_ascii=False) + "},"
     body = (
-        ',"method":"POST","url":"/v1/chat/completions","body":{"model":'
+        '","method":"POST","url":"/v1/chat/completions","body":{"model":'
         + json.dumps(job.model, ensure_ascii=False)
         + ',"messages":'
         + (messages if job.system else "[")
-        + '{"role":"user","content":'
+        + '{"role":"user","content":"'
     )
     params = "".join(
         "," + json.dumps(key) + ":" + json.dumps(value, ensure_ascii=False)
         for key, value in job.params.items()
     )
-    tail = "}]" + params + "}}\n"
+    tail = '"}]' + params + "}}\n"
     return head, body, tail
 
 
 def make_custom_ids(prefix: str, row_index: pa.Array, ids: pa.Array | None) -> pa.Array:
-    """`prefix-<id>` for short plain ids, `prefix~<hash>` for others, `prefix-<row>` without ids."""
+    """`prefix-<id>` for short plain ids, `prefix~<hash>` for others, `prefix-<row>` without ids;
+    all in [A-Za-z0-9_.:~-], so they go into JSON as they are."""
     if ids is None:
         return pc.binary_join_element_wise(prefix + "-", pc.cast(row_index, pa.string()), "")
     text = pc.cast(ids, pa.string())
@@ -278,9 +288,7 @@ def _render_batch(
 ) -> _Rendered:
     custom_ids = make_custom_ids(prefix, row_index, ids)
     prompts = job.template.render(batch)
-    lines = pc.binary_join_element_wise(
-        head, json_string_literals(custom_ids), middle, json_string_literals(prompts), tail, ""
-    )
+    lines = pc.binary_join_element_wise(head, custom_ids, middle, json_escape(prompts), tail, "")
     reasons = pc.if_else(
         pc.greater(pc.binary_length(lines), MAX_REQUEST_BYTES),
         "request larger than the 25 MB xAI accepts per request",

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.errors import InputError
 from tasks.job import build_job
-from tasks.prepare import json_string_literals, prepare_run
+from tasks.prepare import json_escape, prepare_run
 from tasks.table_io import TableSource
 from tests.helpers import write_csv
 
@@ -115,8 +115,8 @@ def test_result_column_clash_names_the_option(tmp_path: Path) -> None:
 
 def test_json_escaping_matches_json_dumps_for_control_characters() -> None:
     values = ["plain", 'q"b\\s', "nl\ncr\rtab\t", "bell\x07nul\x00esc\x1b", "ü😀\u2028"]
-    literals = json_string_literals(pa.array(values)).to_pylist()
-    assert [json.loads(lit) for lit in literals] == values
+    escaped = json_escape(pa.array(values)).to_pylist()
+    assert [json.loads(f'"{text}"') for text in escaped] == values
 
 
 def test_csv_column_that_changes_type_later_is_read_as_text(tmp_path: Path) -> None:
