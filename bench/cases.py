@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.job import JobSpec, build_job
+from tasks.prepare import prepare_run  # imported here, not under a clock
+from tasks.table_io import TableSource
 
 PROMPT = "Classify the sentiment of this review: {{ text }}"
 Case = Callable[[Path, Path], dict[str, Any]]  # (input parquet, scratch dir) -> figures
@@ -30,9 +32,6 @@ def _job() -> JobSpec:
 
 
 def _prepared(source: Path, scratch: Path) -> Any:
-    from tasks.prepare import prepare_run
-    from tasks.table_io import TableSource
-
     return prepare_run(TableSource(source), _job(), scratch / "runs")
 
 
@@ -212,7 +211,6 @@ def pipeline_emulator(source: Path, scratch: Path) -> dict[str, Any]:
     from tasks import runner
     from tasks.ledger import Ledger, default_ledger_url
     from tasks.providers.xai import XaiProvider
-    from tasks.table_io import TableSource
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

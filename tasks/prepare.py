@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -97,7 +100,14 @@ def make_custom_ids(prefix: str, row_index: pa.Array, ids: pa.Array | None) -> p
 
 
 class ShardWriter:
-    """Appends request lines to shards, rolling over at the line and byte limits."""
+    """Appends request lines to shards, rolling over at the line and byte limits.
+
+    The disk writes happen on one background thread (file writes release the GIL), so
+    rendering the next record batch overlaps with writing this one; at most
+    `_MAX_PENDING` writes wait, which bounds the memory they hold.
+    """
+
+    _MAX_PENDING = 8
 
     def __init__(self, paths: RunPaths, round_no: int, max_lines: int, max_bytes: int) -> None:
         self.paths, self.round_no = paths, round_no
@@ -105,6 +115,13 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         self._handle: IO[bytes] | None = None
         self._lines = self._bytes = 0
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: deque[Future[object]] = deque()
+
+    def _submit(self, call: Callable[..., object], *args: object) -> None:
+        while len(self._pending) >= self._MAX_PENDING:
+            self._pending.popleft().result()
+        self._pending.append(self._io.submit(call, *args))
 
     def _roll(self) -> None:
         self._close_current()
@@ -116,7 +133,7 @@ class ShardWriter:
 
     def _close_current(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            self._submit(self._handle.close)  # after its pending writes: one ordered thread
             last = self.shards[-1]
             self.shards[-1] = ShardInfo(last.round_no, last.shard_no, last.path, self._lines, self._bytes)
             self._handle = None
@@ -145,7 +162,7 @@ class ShardWriter:
                     continue
             stop = start + fit
             assert self._handle is not None
-            self._handle.write(data[offsets[start] : offsets[stop]])
+            self._submit(self._handle.write, data[offsets[start] : offsets[stop]])  # view keeps buffer alive
             shard_of[start:stop] = len(self.shards) - 1
             self._lines += fit
             self._bytes += int(offsets[stop] - offsets[start])
@@ -153,7 +170,13 @@ class ShardWriter:
         return shard_of
 
     def close(self) -> list[ShardInfo]:
+        """Finish every write (raising the first error) and return the shards written."""
         self._close_current()
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._io.shutdown(wait=True)
         return self.shards
 
 
@@ -228,26 +251,28 @@ def _write_staged(
     prefix = key[:8]
     total = rejected = 0
     id_chunks: list[pa.Array] = []
-    with pq.ParquetWriter(staged.manifest, MANIFEST_SCHEMA) as manifest:
-        for batch in source.batches():
-            row_index = pa.array(np.arange(total, total + batch.num_rows, dtype=np.int64))
-            ids = None
-            if job.id_column is not None:
-                ids = batch.column(job.id_column)
-                _check_no_null_ids(ids, total, job.id_column, label)
-                id_chunks.append(pc.cast(ids, pa.string()))
-            rendered = _render_batch(
-                batch, job, writer, head, middle, tail, prefix, row_index, ids, context_window
-            )
-            manifest.write_batch(
-                pa.record_batch(
-                    [rendered.custom_ids, rendered.row_index, rendered.shard, rendered.reject_reason],
-                    schema=MANIFEST_SCHEMA,
+    try:
+        with pq.ParquetWriter(staged.manifest, MANIFEST_SCHEMA) as manifest:
+            for batch in source.batches():
+                row_index = pa.array(np.arange(total, total + batch.num_rows, dtype=np.int64))
+                ids = None
+                if job.id_column is not None:
+                    ids = batch.column(job.id_column)
+                    _check_no_null_ids(ids, total, job.id_column, label)
+                    id_chunks.append(pc.cast(ids, pa.string()))
+                rendered = _render_batch(
+                    batch, job, writer, head, middle, tail, prefix, row_index, ids, context_window
                 )
-            )
-            total += batch.num_rows
-            rejected += len(rendered.reject_reason) - rendered.reject_reason.null_count
-    shards = writer.close()
+                manifest.write_batch(
+                    pa.record_batch(
+                        [rendered.custom_ids, rendered.row_index, rendered.shard, rendered.reject_reason],
+                        schema=MANIFEST_SCHEMA,
+                    )
+                )
+                total += batch.num_rows
+                rejected += len(rendered.reject_reason) - rendered.reject_reason.null_count
+    finally:
+        shards = writer.close()  # also on errors: no write left pending, no thread left
     if total == 0:
         raise InputError(f"{label} has a header but no data rows")
     if id_chunks:
