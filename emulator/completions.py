@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 _POSITIVE = {
     "love", "loved", "great", "excellent", "perfect", "amazing", "good", "best",
@@ -50,33 +50,44 @@ def _sentiment(text: str) -> str:
     return "neutral"
 
 
-def expected_answer(body: dict[str, Any]) -> str:
+def expected_answer(body: dict[str, Any], digest: str | None = None) -> str:
     """The full answer the emulator gives to `body` (before any max_tokens cut)."""
-    return f"{_sentiment(_user_text(body))} (emulated answer {request_digest(body)})"
+    return f"{_sentiment(_user_text(body))} (emulated answer {digest or request_digest(body)})"
 
 
-def _tokens(text: str) -> int:
-    return max(1, len(text.encode("utf-8")) // 4)
+def _tokens(text: Any) -> int:
+    size = len(text) if isinstance(text, str) else len(json.dumps(text))
+    return max(1, size // 4)
 
 
 def _is_reasoning_model(model: str) -> bool:
     return "reasoning" in model and "non-reasoning" not in model
 
 
-def chat_completion(body: dict[str, Any], created: int) -> dict[str, Any]:
-    """A chat.completion body with xAI's usage shape (completion_tokens excludes reasoning)."""
+class _Completion(NamedTuple):
+    digest: str
+    model: str
+    answer: str
+    finish_reason: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost_ticks: int
+
+
+def _complete(body: dict[str, Any]) -> _Completion:
     model = str(body.get("model", ""))
-    answer = expected_answer(body)
+    digest = request_digest(body)
+    answer = expected_answer(body, digest)
     finish_reason = "stop"
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     if isinstance(max_tokens, int) and max_tokens > 0 and _tokens(answer) > max_tokens:
         answer = answer[: max_tokens * 4]
         finish_reason = "length"
     messages = body.get("messages") or []
-    prompt_tokens = sum(_tokens(json.dumps(m.get("content", ""))) + 3 for m in messages)
-    system_tokens = sum(
-        _tokens(json.dumps(m.get("content", ""))) + 3 for m in messages if m.get("role") == "system"
-    )
+    prompt_tokens = sum(_tokens(m.get("content", "")) + 3 for m in messages)
+    system_tokens = sum(_tokens(m.get("content", "")) + 3 for m in messages if m.get("role") == "system")
     completion_tokens = _tokens(answer)
     reasoning_tokens = 2 * completion_tokens if _is_reasoning_model(model) else 0
     price_in, price_cached, price_out = _EMULATOR_PRICE_PER_M
@@ -85,36 +96,68 @@ def chat_completion(body: dict[str, Any], created: int) -> dict[str, Any]:
         + system_tokens * price_cached
         + (completion_tokens + reasoning_tokens) * price_out
     ) / 1e6
+    return _Completion(
+        digest, model, answer, finish_reason, prompt_tokens, system_tokens, completion_tokens,
+        reasoning_tokens, round(cost_usd * 1e10),
+    )  # fmt: skip
+
+
+def chat_completion(body: dict[str, Any], created: int) -> dict[str, Any]:
+    """A chat.completion body with xAI's usage shape (completion_tokens excludes reasoning)."""
+    c = _complete(body)
     return {
-        "id": f"emu-{request_digest(body)}",
+        "id": f"emu-{c.digest}",
         "object": "chat.completion",
         "created": created,
-        "model": model,
+        "model": c.model,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer, "refusal": None},
-                "finish_reason": finish_reason,
+                "message": {"role": "assistant", "content": c.answer, "refusal": None},
+                "finish_reason": c.finish_reason,
             }
         ],
         "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens + reasoning_tokens,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens + c.reasoning_tokens,
             "prompt_tokens_details": {
-                "text_tokens": prompt_tokens,
+                "text_tokens": c.prompt_tokens,
                 "audio_tokens": 0,
                 "image_tokens": 0,
-                "cached_tokens": system_tokens,
+                "cached_tokens": c.cached_tokens,
             },
             "completion_tokens_details": {
-                "reasoning_tokens": reasoning_tokens,
+                "reasoning_tokens": c.reasoning_tokens,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
             },
             "num_sources_used": 0,
-            "cost_in_usd_ticks": round(cost_usd * 1e10),
+            "cost_in_usd_ticks": c.cost_ticks,
         },
         "system_fingerprint": "fp_emulator",
     }
+
+
+# The same document as chat_completion(), formatted directly: result pages of a
+# million-request batch are built ~3x faster this way than through json.dumps of dicts.
+_COMPLETION_JSON = (
+    '{"id":"emu-%s","object":"chat.completion","created":%d,"model":%s,"choices":[{"index":0,'
+    '"message":{"role":"assistant","content":%s,"refusal":null},"finish_reason":"%s"}],'
+    '"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
+    '"prompt_tokens_details":{"text_tokens":%d,"audio_tokens":0,"image_tokens":0,"cached_tokens":%d},'
+    '"completion_tokens_details":{"reasoning_tokens":%d,"audio_tokens":0,'
+    '"accepted_prediction_tokens":0,"rejected_prediction_tokens":0},"num_sources_used":0,'
+    '"cost_in_usd_ticks":%d},"system_fingerprint":"fp_emulator"}'
+)
+
+
+def chat_completion_json(body: dict[str, Any], created: int) -> str:
+    c = _complete(body)
+    return _COMPLETION_JSON % (
+        c.digest, created, json.dumps(c.model, ensure_ascii=False), json.dumps(c.answer, ensure_ascii=False),
+        c.finish_reason, c.prompt_tokens, c.completion_tokens,
+        c.prompt_tokens + c.completion_tokens + c.reasoning_tokens, c.prompt_tokens, c.cached_tokens,
+        c.reasoning_tokens, c.cost_ticks,
+    )  # fmt: skip

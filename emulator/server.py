@@ -32,6 +32,10 @@ class _Reply(Exception):  # noqa: N818 (a reply, not an error)
         self.status, self.message, self.code = status, message, code
 
 
+class _RawJson(str):
+    """A reply that is already JSON text (result pages are built from pre-rendered rows)."""
+
+
 def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
     header = f"Content-Type: {content_type}\r\n\r\n".encode()
     message = BytesParser(policy=HTTP).parsebytes(header + body)
@@ -82,9 +86,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_bytes(self, status: int, data: bytes) -> None:
+    def _send_bytes(self, status: int, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -131,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if isinstance(payload, bytes):
             self._send_bytes(status, payload)
+        elif isinstance(payload, _RawJson):
+            self._send_bytes(status, payload.encode("utf-8"), "application/json")
         else:
             self._send_json(status, payload)
 
@@ -250,7 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
             results, next_offset = state.results_page(batch, offset, limit)
             # A short page means the frontier of finished requests: the last page.
             token = state.config.last_page_token if len(results) < limit else str(next_offset)
-            return 200, {"results": results, "pagination_token": token}
+            page = '{"results":[' + ",".join(results) + '],"pagination_token":' + json.dumps(token) + "}"
+            return 200, _RawJson(page)
         if method == "GET" and rest == "/requests":
             limit, offset = _page_params(query)
             items = state.request_states(batch)[offset : offset + limit]

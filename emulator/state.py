@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from emulator.completions import chat_completion
+from emulator.completions import chat_completion_json
 
 # Models that accepted batch requests in live tests (reference §1.5); everything
 # else is refused with xAI's message. Configurable per emulator.
@@ -300,29 +300,25 @@ class ServiceState:
             if batch.cancel_time is None:
                 batch.cancel_time = self.clock()
 
-    def results_page(self, batch: BatchRecord, offset: int, limit: int) -> tuple[list[Any], int]:
-        """Finished results from completion rank `offset`; returns them and the next offset."""
+    def results_page(self, batch: BatchRecord, offset: int, limit: int) -> tuple[list[str], int]:
+        """Finished results (as JSON texts) from completion rank `offset`, and the next offset."""
         with self.lock:
             self.advance(batch)
             if self.clock() >= batch.expires and not batch.parsed:
                 return [], offset
-            done = self._finished_ranks(batch)
-            ranks = range(offset, min(done, offset + limit))
-            results = [self._result(batch, rank) for rank in ranks]
-            return results, ranks.stop
+            ranks = range(offset, min(self._finished_ranks(batch), offset + limit))
+        return [self._result(batch, rank) for rank in ranks], ranks.stop
 
-    def _result(self, batch: BatchRecord, rank: int) -> dict[str, Any]:
+    def _result(self, batch: BatchRecord, rank: int) -> str:
         index = batch.order[rank]
-        custom_id = batch.custom_ids[index]
+        custom_id = json.dumps(batch.custom_ids[index], ensure_ascii=False)
         if batch.failed[rank]:
-            message = f"Internal error while processing request {custom_id}"
+            message = f"Internal error while processing request {batch.custom_ids[index]}"
             error: Any = {"code": 13, "message": message} if self.config.error_shape == "object" else message
-            return {"batch_request_id": custom_id, "batch_result": {"error": error}}
-        completion = chat_completion(batch.bodies[index], int(batch.finish_at[rank]))
-        return {
-            "batch_request_id": custom_id,
-            "batch_result": {"response": {"chat_get_completion": completion}},
-        }
+            return f'{{"batch_request_id":{custom_id},"batch_result":{{"error":{json.dumps(error)}}}}}'
+        completion = chat_completion_json(batch.bodies[index], int(batch.finish_at[rank]))
+        response = f'{{"response":{{"chat_get_completion":{completion}}}}}'
+        return f'{{"batch_request_id":{custom_id},"batch_result":{response}}}'
 
     def request_states(self, batch: BatchRecord) -> list[dict[str, Any]]:
         with self.lock:

@@ -35,11 +35,15 @@ def missing_outcome(state: BatchState, message: str | None) -> tuple[str, str, b
     return FAILED, "no result came back for this request although the batch finished", True
 
 
+_RECORD_FIELDS = [f for f in RESULT_SCHEMA if f.name not in ("batch_id", "round")]
+
+
 def _records_table(records: list[dict[str, Any]], batch_id: str, round_no: int) -> pa.Table:
-    for record in records:
-        record["batch_id"] = batch_id
-        record["round"] = round_no
-    return pa.Table.from_pylist(records, schema=RESULT_SCHEMA)
+    """Column by column (Table.from_pylist costs ~25 us a row; this a few)."""
+    columns = {f.name: pa.array([r.get(f.name) for r in records], type=f.type) for f in _RECORD_FIELDS}
+    columns["batch_id"] = pa.array([batch_id] * len(records), type=pa.string())
+    columns["round"] = pa.array([round_no] * len(records), type=pa.int32())
+    return pa.table({f.name: columns[f.name] for f in RESULT_SCHEMA})
 
 
 def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Path:

@@ -7,6 +7,7 @@ Every step is idempotent, so any driver may crash and any later one continue.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,15 +144,22 @@ def progress_of(ledger: Ledger, handle: RunHandle) -> Progress:
     )
 
 
+COLLECT_THREADS = 4  # result pages are mostly waiting on the network: overlap a few batches
+
+
 def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
     """Collect every batch that reached a terminal state; returns how many were collected."""
-    count = 0
-    for row in ledger.batches(handle.run_key):
-        if row.step == "created" and row.state is not None and BatchState(row.state).terminal:
-            collect_batch(provider, handle.paths, row)
-            ledger.update_batch(row.batch_name, step="collected")
-            count += 1
-    return count
+    ready = [
+        row
+        for row in ledger.batches(handle.run_key)
+        if row.step == "created" and row.state is not None and BatchState(row.state).terminal
+    ]
+    with ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect") as pool:
+        futures = {pool.submit(collect_batch, provider, handle.paths, row): row for row in ready}
+        for future in as_completed(futures):
+            future.result()  # the first failure stops the pass; collected batches stay recorded
+            ledger.update_batch(futures[future].batch_name, step="collected")
+    return len(ready)
 
 
 def reconcile(ledger: Ledger, handle: RunHandle) -> bool:

@@ -211,3 +211,20 @@ def test_batch_creation_stays_under_two_per_second(tmp_path: Path, emulator: Run
     ids = [provider.create_batch(f"rate-{i}", file_id) for i in range(4)]
     created = sorted(emulator.state.batches[i].created for i in ids)
     assert min(b - a for a, b in itertools.pairwise(created)) >= 0.5
+
+
+def test_preformatted_completion_json_equals_the_dict_form() -> None:
+    from emulator.completions import chat_completion, chat_completion_json
+
+    for body in (
+        {
+            "model": "grok-4.3",
+            "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": 'q "x"\nü'}],
+        },
+        {
+            "model": "grok-4-1-fast-reasoning",
+            "messages": [{"role": "user", "content": "love it"}],
+            "max_tokens": 2,
+        },
+    ):
+        assert json.loads(chat_completion_json(body, 123)) == chat_completion(body, 123)
