@@ -41,8 +41,8 @@ def _user_text(body: dict[str, Any]) -> str:
 
 
 def _sentiment(text: str) -> str:
-    words = _WORD.findall(text.lower())
-    score = sum(w in _POSITIVE for w in words) - sum(w in _NEGATIVE for w in words)
+    words = set(_WORD.findall(text.lower()))  # distinct words: set operations stay in C
+    score = len(words & _POSITIVE) - len(words & _NEGATIVE)
     if score > 0:
         return "positive"
     if score < 0:

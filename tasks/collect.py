@@ -3,6 +3,9 @@ record for every request the shard held, so no row can go silently missing."""
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,20 @@ from tasks.ledger import BatchRow
 from tasks.providers.base import BatchProvider, BatchState
 from tasks.records import CANCELLED, EXPIRED, FAILED, RESULT_SCHEMA
 from tasks.run_layout import RunPaths
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Decoding result pages creates millions of small dicts without reference cycles; the
+    cyclic GC would scan them over and over (3x slower decoding). Reference counting still
+    frees them; the collector resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def shard_members(paths: RunPaths, round_no: int, shard_no: int) -> pa.Array:

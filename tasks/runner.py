@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.collect import collect_batch
+from tasks.collect import collect_batch, paused_gc
 from tasks.errors import GrokBatchError, InputError
 from tasks.job import JobSpec
 from tasks.join import write_output
@@ -154,7 +154,7 @@ def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle)
         for row in ledger.batches(handle.run_key)
         if row.step == "created" and row.state is not None and BatchState(row.state).terminal
     ]
-    with ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect") as pool:
+    with paused_gc(), ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect") as pool:
         futures = {pool.submit(collect_batch, provider, handle.paths, row): row for row in ready}
         for future in as_completed(futures):
             future.result()  # the first failure stops the pass; collected batches stay recorded

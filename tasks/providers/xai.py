@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 
 from tasks.errors import ProviderError
 from tasks.providers.base import BatchState, BatchStatus
@@ -178,7 +179,8 @@ class XaiProvider:
             raise ProviderError(f"{what} failed: cannot reach {self.base_url} ({exc})") from None
 
     def _get(self, path: str, params: dict[str, Any]) -> Any:
-        return self._client.get(path, cast_to=object, options={"params": params})
+        # Bytes + orjson: result pages are large, and the SDK's json decoding costs ~4x more.
+        return orjson.loads(self._client.get(path, cast_to=bytes, options={"params": params}))
 
     def upload(self, shard_path: Path) -> str:
         with shard_path.open("rb") as handle:
