@@ -164,7 +164,7 @@ class _PagesProvider:
 def collect_grok_batch(source: Path, scratch: Path) -> dict[str, Any]:
     """Result pages (decoded JSON, as the SDK hands them over) -> results Parquet, per shard."""
     from emulator.completions import chat_completion
-    from tasks.collect import collect_batch
+    from tasks.collect import collect_batch, paused_gc
     from tasks.ledger import BatchRow, batch_name
     from tasks.run_layout import RunPaths
 
@@ -197,7 +197,8 @@ def collect_grok_batch(source: Path, scratch: Path) -> dict[str, Any]:
             None,
         )
         start = time.perf_counter()
-        collect_batch(_PagesProvider(pages), paths, row)  # type: ignore[arg-type]
+        with paused_gc():  # as runner.collect_finished runs it
+            collect_batch(_PagesProvider(pages), paths, row)  # type: ignore[arg-type]
         seconds += time.perf_counter() - start
     return {"rows": plan.total_rows, "seconds": seconds}
 
