@@ -1,12 +1,15 @@
 """join: the input table back, in input order, with one outcome per row appended.
 
-The latest record of each custom_id (its last round) is matched to rows by Arrow
-joins; the input is then streamed again and the aligned result columns are attached
-batch by batch, so the output is written without Python objects per row.
+The input, the rows manifest and the results are streamed together in input order: each
+chunk of rows finds its records (last round wins) with Arrow's index_in, and the
+columns are attached without Python objects per row. Memory stays at a chunk, the one
+or two shards under it, and the retried rows.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,85 +19,144 @@ import pyarrow.parquet as pq
 
 from tasks.crashpoints import WHILE_JOINING, crashpoint
 from tasks.errors import GrokBatchError
-from tasks.records import OUTPUT_RESULT_COLUMNS, REJECTED, RESULT_SCHEMA
+from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, REJECTED, RESULT_SCHEMA, RESULT_TYPES
+from tasks.report import Tally
 from tasks.run_layout import RunPaths, RunPlan, load_schema
 from tasks.table_io import TableSource
 
-
-def all_results(paths: RunPaths) -> pa.Table:
-    files = sorted(paths.results_dir.glob("*.parquet")) if paths.results_dir.exists() else []
-    if not files:
-        return RESULT_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=RESULT_SCHEMA) for f in files])
+_BATCH_NAME = re.compile(r"-r(\d+)-s(\d+)$")  # ledger.batch_name: grok-batch-<run>-r<round>-s<shard>
 
 
-def result_columns(paths: RunPaths, total_rows: int) -> pa.Table:
-    """The appended columns for every input row, in input order.
+class _RowStream:
+    """Hands out exactly n rows at a time from a stream of record batches."""
 
-    Positional, not a hash join: index_in maps each result's custom_id to its manifest
-    position (= its row), and the record of the row's last round is taken into place.
-    """
-    manifest = pq.read_table(paths.manifest, columns=["custom_id", "reject_reason"])
-    results = all_results(paths)
-    positions = pc.index_in(results.column("custom_id"), value_set=manifest.column("custom_id"))
-    if manifest.num_rows != total_rows or positions.null_count:
-        raise GrokBatchError(
-            f"internal error: the results in {paths.run_dir} do not match its {total_rows} rows; "
-            "the run directory is kept for inspection"
-        )
-    row_of = positions.to_numpy(zero_copy_only=False).astype(np.int64)
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+
+    def take(self, count: int) -> pa.Table:
+        while self._buffered < count:
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            self._buffer.append(batch)
+            self._buffered += batch.num_rows
+        table = pa.Table.from_batches(self._buffer, schema=MANIFEST_SCHEMA)
+        head, rest = table.slice(0, count), table.slice(count)
+        self._buffer, self._buffered = rest.to_batches(), rest.num_rows
+        return head
+
+
+def latest_per_id(results: pa.Table) -> pa.Table:
+    """One record per custom_id: the one from its last round."""
+    if results.num_rows == 0:
+        return results
+    ids = results.column("custom_id")
+    unique = pc.unique(ids)
+    slot = pc.index_in(ids, value_set=unique).to_numpy(zero_copy_only=False).astype(np.int64)
     rounds = results.column("round").to_numpy(zero_copy_only=False).astype(np.int32)
-    last_round = np.zeros(total_rows, dtype=np.int32)
-    np.maximum.at(last_round, row_of, rounds)
-    latest = np.flatnonzero(rounds == last_round[row_of])  # one record per row: its last round
-    source = np.full(total_rows, -1, dtype=np.int64)
-    source[row_of[latest]] = latest
-    picked = results.take(pa.array(source, mask=source < 0))
-    rejected = pc.is_valid(manifest.column("reject_reason"))
-    status = pc.if_else(rejected, REJECTED, picked.column("status"))
-    unresolved = pc.sum(pc.is_null(status)).as_py() or 0
-    if unresolved:
-        raise GrokBatchError(
-            f"{unresolved} row(s) have no outcome yet; the run is not finished ({paths.run_dir})"
+    last_round = np.zeros(len(unique), dtype=np.int32)
+    np.maximum.at(last_round, slot, rounds)
+    return results.take(pa.array(np.flatnonzero(rounds == last_round[slot])))
+
+
+class _Outcomes:
+    """Finds each row's final record while the rows stream past in input order.
+
+    Round-1 shards hold consecutive rows, so only the one or two shards under the
+    current chunk are in memory; follow-up rounds (retried rows only) are loaded whole.
+    """
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.paths = paths
+        self.first_round: dict[int, Path] = {}
+        later: list[pa.Table] = []
+        for file in sorted(paths.results_dir.glob("*.parquet")) if paths.results_dir.exists() else []:
+            round_no, shard_no = _round_and_shard(file)
+            if round_no == 1:
+                self.first_round[shard_no] = file
+            else:
+                later.append(pq.read_table(file, schema=RESULT_SCHEMA))
+        self.later = latest_per_id(pa.concat_tables(later)) if later else RESULT_SCHEMA.empty_table()
+        self._loaded: dict[int, pa.Table] = {}
+
+    def _shard(self, shard_no: int) -> pa.Table:
+        if shard_no not in self._loaded:
+            if len(self._loaded) >= 2:  # rows only move forward: drop the oldest shard
+                del self._loaded[min(self._loaded)]
+            file = self.first_round.get(shard_no)
+            self._loaded[shard_no] = (
+                pq.read_table(file, schema=RESULT_SCHEMA) if file else RESULT_SCHEMA.empty_table()
+            )
+        return self._loaded[shard_no]
+
+    def columns_for(self, manifest: pa.Table) -> pa.Table:
+        """The appended columns for the manifest rows of one chunk, in their order."""
+        shard_numbers = pc.unique(manifest.column("shard").drop_null()).to_pylist()
+        candidates = pa.concat_tables([self._shard(n) for n in sorted(shard_numbers)] + [self.later])
+        ids = manifest.column("custom_id")
+        first = len(candidates) - self.later.num_rows
+        in_later = pc.index_in(ids, value_set=self.later.column("custom_id").combine_chunks())
+        in_first = pc.index_in(ids, value_set=candidates.column("custom_id").slice(0, first).combine_chunks())
+        pick = pc.if_else(pc.is_valid(in_later), pc.add(in_later, first), in_first)
+        picked = candidates.take(pick)
+        rejected = pc.is_valid(manifest.column("reject_reason"))
+        status = pc.if_else(rejected, REJECTED, picked.column("status"))
+        if status.null_count:
+            raise GrokBatchError(
+                f"{status.null_count} row(s) have no outcome yet; the run in {self.paths.run_dir} "
+                "is not finished"
+            )
+        columns = {name: picked.column(name) for name in OUTPUT_RESULT_COLUMNS if name in picked.column_names}
+        columns.update(
+            custom_id=ids,
+            status=status,
+            error=pc.if_else(rejected, manifest.column("reject_reason"), picked.column("error")),
+            attempts=pc.if_else(
+                rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32())
+            ),
         )
-    columns = {name: picked.column(name) for name in OUTPUT_RESULT_COLUMNS if name in picked.column_names}
-    columns.update(
-        custom_id=manifest.column("custom_id"),
-        status=status,
-        error=pc.if_else(rejected, manifest.column("reject_reason"), picked.column("error")),
-        attempts=pc.if_else(rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32())),
-    )
-    return pa.table({name: columns[name] for name in OUTPUT_RESULT_COLUMNS})
+        return pa.table({name: columns[name] for name in OUTPUT_RESULT_COLUMNS})
 
 
-def write_output(
-    plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: bool, prefix: str = ""
-) -> pa.Table:
-    """Write the joined table to `output` (atomically); returns the appended columns."""
+def _round_and_shard(results_file: Path) -> tuple[int, int]:
+    match = _BATCH_NAME.search(results_file.stem)
+    if match is None:
+        raise GrokBatchError(f"unexpected results file {results_file}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: bool, prefix: str = "") -> Tally:
+    """Stream the input and the outcomes into `output` (atomically); returns the totals."""
     if output.exists() and not overwrite:
         raise GrokBatchError(f"output {output} already exists; pass --overwrite to replace it")
-    results = result_columns(paths, plan.total_rows)
     schema = load_schema(paths.schema)
     source = TableSource(Path(plan.input_path))
-    renamed = results.rename_columns([prefix + name for name in results.column_names])
-    out_schema = pa.schema(list(schema) + list(renamed.schema))
+    outcomes = _Outcomes(paths)
+    manifest = _RowStream(pq.ParquetFile(paths.manifest).iter_batches(batch_size=65_536))
+    result_fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in OUTPUT_RESULT_COLUMNS]
+    out_schema = pa.schema(list(schema) + result_fields)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    offset = 0
+    tally = Tally()
     with pq.ParquetWriter(partial, out_schema) as writer:
         for batch in source.batches(schema=schema):
-            aligned = renamed.slice(offset, batch.num_rows)
+            rows = manifest.take(batch.num_rows)
+            if rows.num_rows != batch.num_rows:
+                break
+            appended = outcomes.columns_for(rows)
+            tally.add(appended)
             table = pa.Table.from_batches([batch]).cast(schema)
-            for name in aligned.column_names:
-                table = table.append_column(name, aligned.column(name))
+            for field, column in zip(result_fields, appended.columns, strict=True):
+                table = table.append_column(field, column)
             writer.write_table(table)
-            offset += batch.num_rows
             crashpoint(WHILE_JOINING)
-    if offset != plan.total_rows:
+    if tally.rows != plan.total_rows:
         partial.unlink(missing_ok=True)
         raise GrokBatchError(
-            f"{plan.input_path} now has {offset} rows but the run prepared {plan.total_rows}; "
+            f"{plan.input_path} no longer has the {plan.total_rows} rows the run prepared; "
             "the input changed during the run"
         )
     partial.replace(output)
-    return results
+    return tally

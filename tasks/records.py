@@ -43,7 +43,7 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 
-# Columns added to every output row, in this order (custom_id first).
+# Columns added to every output row, in this order (custom_id first), and their types.
 OUTPUT_RESULT_COLUMNS = [
     "custom_id",
     "status",
@@ -59,3 +59,4 @@ OUTPUT_RESULT_COLUMNS = [
     "batch_id",
     "error",
 ]
+RESULT_TYPES = {**{f.name: f.type for f in RESULT_SCHEMA}, "attempts": pa.int32()}

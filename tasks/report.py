@@ -32,34 +32,52 @@ class RunSummary:
         return self.__dict__.copy()
 
 
-def _sum(table: pa.Table, column: str) -> int:
-    return int(pc.sum(table.column(column)).as_py() or 0)
+TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
+_MAX_DISTINCT_ERRORS = 10_000  # error texts kept for the examples; counts stay exact
+
+
+@dataclass
+class Tally:
+    """Totals over the output's result columns, added chunk by chunk as the join streams."""
+
+    rows: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: {status: 0 for status in ROW_STATUSES})
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_COLUMNS, 0))
+    cost_usd: float = 0.0
+    errors: dict[str, list[Any]] = field(default_factory=dict)  # error -> [rows, first custom_id]
+
+    def add(self, chunk: pa.Table) -> None:
+        self.rows += chunk.num_rows
+        for item in chunk.group_by("status").aggregate([("status", "count")]).to_pylist():
+            self.by_status[item["status"]] = self.by_status.get(item["status"], 0) + item["status_count"]
+        for name in TOKEN_COLUMNS:
+            self.tokens[name] += int(pc.sum(chunk.column(name)).as_py() or 0)
+        self.cost_usd += float(pc.sum(chunk.column("cost_usd")).as_py() or 0.0)
+        errors = chunk.filter(pc.is_valid(chunk.column("error")))
+        if errors.num_rows:
+            grouped = errors.group_by("error").aggregate([("custom_id", "count"), ("custom_id", "min")])
+            for item in grouped.to_pylist():
+                known = self.errors.get(item["error"])
+                if known is not None:
+                    known[0] += item["custom_id_count"]
+                elif len(self.errors) < _MAX_DISTINCT_ERRORS:
+                    self.errors[item["error"]] = [item["custom_id_count"], item["custom_id_min"]]
 
 
 def summarize(
-    results: pa.Table, batches: list[BatchRow], *, run_key: str, input_path: str, output_path: str, model: str
+    tally: Tally, batches: list[BatchRow], *, run_key: str, input_path: str, output_path: str, model: str
 ) -> RunSummary:
-    counts = {status: 0 for status in ROW_STATUSES}
-    for item in results.group_by("status").aggregate([("status", "count")]).to_pylist():
-        counts[item["status"]] = item["status_count"]
-    errors = results.filter(pc.is_valid(results.column("error")))
-    examples = []
-    if errors.num_rows:
-        grouped = errors.group_by("error").aggregate([("custom_id", "count"), ("custom_id", "min")])
-        for item in sorted(grouped.to_pylist(), key=lambda i: -i["custom_id_count"])[:8]:
-            examples.append((item["error"], item["custom_id_count"], item["custom_id_min"]))
+    ranked = sorted(tally.errors.items(), key=lambda item: -item[1][0])[:8]
+    examples = [(error, count, example) for error, (count, example) in ranked]
     return RunSummary(
         run_key=run_key,
         input_path=input_path,
         output_path=output_path,
         model=model,
-        rows=results.num_rows,
-        by_status=counts,
-        tokens={
-            name: _sum(results, name)
-            for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
-        },
-        cost_usd=float(pc.sum(results.column("cost_usd")).as_py() or 0.0),
+        rows=tally.rows,
+        by_status=tally.by_status,
+        tokens=tally.tokens,
+        cost_usd=tally.cost_usd,
         rounds=max((b.round_no for b in batches), default=0),
         batches=[
             {

@@ -200,9 +200,9 @@ def advance(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> Progr
 def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> RunSummary:
     """Join the outcomes onto the input, write output and report, close the run."""
     job = handle.job
-    results = write_output(handle.plan, handle.paths, output, overwrite=overwrite, prefix=job.result_prefix)
+    tally = write_output(handle.plan, handle.paths, output, overwrite=overwrite, prefix=job.result_prefix)
     summary = summarize(
-        results,
+        tally,
         ledger.batches(handle.run_key),
         run_key=handle.run_key,
         input_path=handle.plan.input_path,
