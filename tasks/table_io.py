@@ -109,7 +109,9 @@ class TableSource:
     def batches(self, schema: pa.Schema | None = None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Record batches of the table; pass `schema` to pin CSV column types."""
         if self.format == "parquet":
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows)
+            # pre_buffer=False: pre-buffering keeps whole row groups' bytes around, doubling the
+            # peak memory on a file of many large row groups (bench/: 1.0 GB -> 0.5 GB at 10M rows).
+            yield from pq.ParquetFile(self.path, pre_buffer=False).iter_batches(batch_size=batch_rows)
             return
         types = {f.name: f.type for f in schema} if schema is not None else None
         reader = self._csv_reader(types)
