@@ -16,7 +16,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 help:
 	@echo "make demo   - run the sample job against the local emulator and show the result"
 	@echo "make test   - lint, type-check and run the whole test suite"
-	@echo "make bench  - quick benchmarks with baselines (see bench/)"
+	@echo "make bench  - quick benchmarks with baselines; make bench BENCH_ARGS=--full for 1M and 10M rows"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ serve: $(STAMP)
 	$(BIN)/grok-batch serve
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .prefect .mypy_cache .ruff_cache .pytest_cache
