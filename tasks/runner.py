@@ -6,11 +6,13 @@ Every step is idempotent, so any driver may crash and any later one continue.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.catalog import check_batch_model
 from tasks.collect import collect_batch, paused_gc
 from tasks.errors import GrokBatchError, InputError
 from tasks.job import JobSpec
@@ -25,6 +27,7 @@ from tasks.run_layout import RunPaths, RunPlan, run_key
 from tasks.submit import submit_planned
 from tasks.table_io import TableSource, file_sha256
 
+logger = logging.getLogger("grok_batch")
 LEASE_S = 300.0  # renewed on every poll; a dead holder on this machine is taken over at once
 
 
@@ -88,6 +91,9 @@ def start_run(
 ) -> RunHandle:
     """Prepare (or find) the run for this input and job, and record it in the ledger."""
     check_output_path(output, overwrite)
+    warning = check_batch_model(job.model)
+    if warning:
+        logger.warning(warning)
     source.check_readable()
     input_sha = file_sha256(source.path)
     key = run_key(input_sha, job.fingerprint())

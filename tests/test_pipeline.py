@@ -58,13 +58,26 @@ def test_failed_requests_are_retried_in_follow_up_rounds(
 def test_rejected_file_fails_its_rows_with_the_service_message(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
+    # The catalog says grok-4-fast-reasoning takes batches; this service has stopped taking it.
+    emulator.configure(batch_models=["grok-4.3"])
     src = write_csv(tmp_path / "in.csv", [{"text": "a"}, {"text": "b"}])
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(src, build_job(None, {**JOB, "model": "grok-4.5"}), data_dir, out)
+    summary = drive_to_end(src, build_job(None, {**JOB, "model": "grok-4-fast-reasoning"}), data_dir, out)
     assert summary.by_status["failed"] == 2 and summary.rounds == 1  # not retried: it would fail again
-    assert "Model grok-4.5 is not supported for batch processing." in summary.rejected_files[0]
+    assert "Model grok-4-fast-reasoning is not supported for batch processing." in summary.rejected_files[0]
     errors = pq.read_table(out).column("error").to_pylist()
-    assert all("rejected the whole file" in e and "grok-4.5" in e for e in errors)
+    assert all("rejected the whole file" in e and "grok-4-fast-reasoning" in e for e in errors)
+
+
+def test_model_known_to_be_refused_is_stopped_before_upload(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    src = write_csv(tmp_path / "in.csv", [{"text": "a"}])
+    with pytest.raises(
+        GrokBatchError, match=r"field `model`: grok-4.5 is not accepted by the xAI batch endpoint"
+    ):
+        drive_to_end(src, build_job(None, {**JOB, "model": "grok-4.5"}), data_dir, tmp_path / "out.parquet")
+    assert emulator.state.request_log == []
 
 
 def test_output_is_never_overwritten_without_permission(

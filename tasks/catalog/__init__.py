@@ -43,3 +43,21 @@ def catalog_path() -> Path:
 def model_info(model: str) -> ModelInfo | None:
     """What the catalog knows of `model`, or None for a model it does not list."""
     return _load(catalog_path()).get(model)
+
+
+def check_batch_model(model: str) -> str | None:
+    """Refuse a model the batch endpoint is known to reject (it would sink every batch, with
+    only `cancel_by_xai_message` to tell); return a warning for a model the catalog lacks."""
+    info = model_info(model)
+    if info is None:
+        return (
+            f"model {model!r} is not in the model catalog ({catalog_path()}); the batch endpoint may "
+            "reject it, which fails the whole file"
+        )
+    if not info.batch_accepted:
+        accepted = sorted(name for name, m in _load(catalog_path()).items() if m.batch_accepted)
+        raise JobSpecError(
+            f"field `model`: {model} is not accepted by the xAI batch endpoint "
+            f"(catalog, as of {info.as_of}: {info.source}). Use one of: {', '.join(accepted)}"
+        )
+    return None
