@@ -65,3 +65,27 @@ def test_no_wait_submits_and_resume_finishes(
     second = resume_batch_job(run_key=first["run_key"][:6], data_dir=str(data_dir), poll_interval_s=0.1)
     assert second["state"] == "finished" and pq.read_table(out).num_rows == 10
     assert emulator.state.count("POST", "/v1/batches", 200) == 1  # re-attached, not resubmitted
+
+
+def test_key_from_a_prefect_secret_block_when_the_environment_has_none(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from tests.conftest import EMULATOR_KEY
+
+    monkeypatch.delenv("XAI_API_KEY")
+    Secret(value=EMULATOR_KEY).save("xai-api-key", overwrite=True)
+    try:
+        src = write_csv(tmp_path / "in.csv", [{"text": "x"}])
+        job = build_job(None, {"model": "grok-4.3", "prompt": "{{ text }}"})
+        result = run_batch_job(
+            input_path=str(src), job=job, output=str(tmp_path / "o.parquet"), data_dir=str(data_dir)
+        )
+        assert result["state"] == "finished"
+    finally:
+        Secret.delete("xai-api-key")
+    with pytest.raises(Exception, match=r"no API key: set the environment variable XAI_API_KEY"):
+        run_batch_job(
+            input_path=str(src), job=job, output=str(tmp_path / "o2.parquet"), data_dir=str(data_dir)
+        )
