@@ -48,7 +48,14 @@ def scan_inbox(
                     continue
                 output = inbox.output_for(claimed.name, claimed.sha256, layout)
                 handle = prepare_task(
-                    TableSource(claimed.path), claimed.job, data_root / "runs", ledger, output, False, "inbox"
+                    TableSource(claimed.path),
+                    claimed.job,
+                    data_root / "runs",
+                    ledger,
+                    output,
+                    overwrite=False,
+                    origin="inbox",
+                    input_sha=claimed.sha256,
                 )
                 try:
                     submit_task(ledger, make_provider(claimed.job.provider), handle)

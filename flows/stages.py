@@ -30,8 +30,9 @@ def prepare_task(
     output: Path,
     overwrite: bool,
     origin: str = "cli",
+    input_sha: str | None = None,
 ) -> runner.RunHandle:
-    return runner.start_run(source, job, runs_root, ledger, output, overwrite, origin)
+    return runner.start_run(source, job, runs_root, ledger, output, overwrite, origin, input_sha)
 
 
 @task(name="submit", cache_policy=NO_CACHE)

@@ -88,14 +88,16 @@ def start_run(
     output: Path,
     overwrite: bool = False,
     origin: str = "cli",
+    input_sha: str | None = None,
 ) -> RunHandle:
-    """Prepare (or find) the run for this input and job, and record it in the ledger."""
+    """Prepare (or find) the run for this input and job, and record it in the ledger.
+    `input_sha` saves hashing the file again when the caller already did (the inbox)."""
     check_output_path(output, overwrite)
     warning = check_batch_model(job.model)
     if warning:
         logger.warning(warning)
     source.check_readable()
-    input_sha = file_sha256(source.path)
+    input_sha = input_sha or file_sha256(source.path)
     key = run_key(input_sha, job.fingerprint())
     run_dir = runs_root / key
     ledger.ensure_run(
