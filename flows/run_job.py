@@ -27,7 +27,7 @@ from tasks import runner
 from tasks.errors import GrokBatchError
 from tasks.job import JobSpec
 from tasks.ledger import Ledger, default_ledger_url, this_holder
-from tasks.providers.base import BatchProvider, BatchState
+from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
 from tasks.report import RunSummary, render_markdown
 from tasks.table_io import TableSource
@@ -47,19 +47,14 @@ def _flow_run_name() -> str:
     return f"{job_name} · {Path(str(params.get('input_path', '?'))).name}"
 
 
+TASK_STAGES = runner.Stages(
+    submit=submit_task, poll=poll_task, collect=collect_task, reconcile=reconcile_task
+)
+
+
 def advance_with_tasks(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle) -> runner.Progress:
     """runner.advance, with each stage that has work to do run as a Prefect task."""
-    rows = ledger.batches(handle.run_key)
-    if any(r.batch_id is None for r in rows):
-        submit_task(ledger, provider, handle)
-    if any(r.step == "created" and not BatchState(r.state or "validating").terminal for r in rows):
-        poll_task(ledger, provider, handle)
-    rows = ledger.batches(handle.run_key)
-    if any(r.step == "created" and BatchState(r.state or "validating").terminal for r in rows):
-        collect_task(ledger, provider, handle)
-    if all(r.step == "collected" for r in ledger.batches(handle.run_key)):
-        reconcile_task(ledger, handle)
-    return runner.progress_of(ledger, handle)
+    return runner.advance(ledger, provider, handle, TASK_STAGES)
 
 
 def finish_and_publish(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,11 +158,7 @@ COLLECT_THREADS = 4  # result pages are mostly waiting on the network: overlap a
 
 def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
     """Collect every batch that reached a terminal state; returns how many were collected."""
-    ready = [
-        row
-        for row in ledger.batches(handle.run_key)
-        if row.step == "created" and row.state is not None and BatchState(row.state).terminal
-    ]
+    ready = [row for row in ledger.batches(handle.run_key) if row.step == "created" and _terminal(row)]
     with paused_gc(), ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect") as pool:
         futures = {pool.submit(collect_batch, provider, handle.paths, row): row for row in ready}
         for future in as_completed(futures):
@@ -196,12 +193,48 @@ def reconcile(ledger: Ledger, handle: RunHandle) -> bool:
     return True
 
 
-def advance(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> Progress:
-    """One idempotent pass: submit what is planned, poll, collect, reconcile."""
-    submit_planned(ledger, provider, handle.run_key)
-    poll_open(ledger, provider, handle.run_key)
-    collect_finished(ledger, provider, handle)
-    reconcile(ledger, handle)
+StageCall = Callable[[Ledger, BatchProvider, RunHandle], object]
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stage functions a driver runs; flows pass their Prefect task versions."""
+
+    submit: StageCall
+    poll: StageCall
+    collect: StageCall
+    reconcile: Callable[[Ledger, RunHandle], object]
+
+
+PLAIN_STAGES = Stages(
+    submit=lambda ledger, provider, handle: submit_planned(ledger, provider, handle.run_key),
+    poll=lambda ledger, provider, handle: poll_open(ledger, provider, handle.run_key),
+    collect=collect_finished,
+    reconcile=reconcile,
+)
+
+
+def _terminal(row: BatchRow) -> bool:
+    return row.state is not None and BatchState(row.state).terminal
+
+
+def advance(
+    ledger: Ledger, provider: BatchProvider, handle: RunHandle, stages: Stages = PLAIN_STAGES
+) -> Progress:
+    """One idempotent pass: submit what is planned, poll, collect, reconcile; a stage runs
+    only when it has work (so a flow records no empty task runs)."""
+    rows = ledger.batches(handle.run_key)
+    if any(r.batch_id is None for r in rows):
+        stages.submit(ledger, provider, handle)
+        rows = ledger.batches(handle.run_key)
+    if any(r.step == "created" and not _terminal(r) for r in rows):
+        stages.poll(ledger, provider, handle)
+        rows = ledger.batches(handle.run_key)
+    if any(r.step == "created" and _terminal(r) for r in rows):
+        stages.collect(ledger, provider, handle)
+        rows = ledger.batches(handle.run_key)
+    if all(r.step == "collected" for r in rows):
+        stages.reconcile(ledger, handle)
     return progress_of(ledger, handle)
 
 
