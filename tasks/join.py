@@ -22,7 +22,7 @@ from tasks.errors import GrokBatchError
 from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, REJECTED, RESULT_SCHEMA, RESULT_TYPES
 from tasks.report import Tally
 from tasks.run_layout import RunPaths, RunPlan, load_schema
-from tasks.table_io import TableSource
+from tasks.table_io import TableSource, file_sha256
 
 _BATCH_NAME = re.compile(r"-r(\d+)-s(\d+)$")  # ledger.batch_name: grok-batch-<run>-r<round>-s<shard>
 
@@ -131,8 +131,14 @@ def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: boo
     """Stream the input and the outcomes into `output` (atomically); returns the totals."""
     if output.exists() and not overwrite:
         raise GrokBatchError(f"output {output} already exists; pass --overwrite to replace it")
-    schema = load_schema(paths.schema)
     source = TableSource(Path(plan.input_path))
+    source.check_readable()
+    if file_sha256(source.path) != plan.input_sha256:  # same row count is not the same rows
+        raise GrokBatchError(
+            f"{plan.input_path} changed since the run prepared it; answers would land on the wrong rows. "
+            f"Put the original file back and resume run {plan.run_key}, or start a new run"
+        )
+    schema = load_schema(paths.schema)
     outcomes = _Outcomes(paths)
     manifest = _RowStream(pq.ParquetFile(paths.manifest).iter_batches(batch_size=65_536))
     result_fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in OUTPUT_RESULT_COLUMNS]

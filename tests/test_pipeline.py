@@ -1,5 +1,6 @@
 """The whole pipeline with the plain stage functions against the emulator over HTTP."""
 
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -92,3 +93,26 @@ def test_output_is_never_overwritten_without_permission(
     assert emulator.state.request_log == []  # refused before anything was uploaded
     drive_to_end(src, build_job(None, JOB), data_dir, out, overwrite=True)
     assert pq.read_table(out).num_rows == 1
+
+
+def test_input_changed_during_the_run_is_refused_at_join(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    from tasks import runner
+    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.providers.xai import XaiProvider
+    from tasks.table_io import TableSource
+
+    src = write_csv(tmp_path / "in.csv", [{"text": "a"}, {"text": "b"}])
+    out = tmp_path / "out.parquet"
+    ledger = Ledger(default_ledger_url(data_dir))
+    handle = runner.start_run(TableSource(src), build_job(None, JOB), data_dir / "runs", ledger, out)
+    for _ in range(400):  # bounded: the emulator finishes in well under a second
+        if runner.advance(ledger, XaiProvider(), handle).complete:
+            break
+        time.sleep(0.05)
+    write_csv(src, [{"text": "b"}, {"text": "a"}])  # same rows, other order
+    with pytest.raises(GrokBatchError, match=r"in.csv changed since the run prepared it"):
+        runner.finish(ledger, handle, out, overwrite=False)
+    assert not out.exists()
+    ledger.close()
