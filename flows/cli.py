@@ -180,6 +180,10 @@ def run(
     name: Annotated[str | None, typer.Option(help="Job name (shown in Prefect and reports).")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Rounds per row, counting the first.")] = None,
     result_prefix: Annotated[str | None, typer.Option(help="Prefix for added columns, e.g. grok_.")] = None,
+    shard_max_lines: Annotated[
+        int | None, typer.Option(help="Requests per batch file (at most 50,000).")
+    ] = None,
+    shard_max_bytes: Annotated[int | None, typer.Option(help="Bytes per batch file (default 45 MB).")] = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Output .parquet (default DATA_DIR/outbox/INPUT.parquet)."),
@@ -223,6 +227,8 @@ def run(
             "name": name,
             "max_attempts": max_attempts,
             "result_prefix": result_prefix,
+            "shard_max_lines": shard_max_lines,
+            "shard_max_bytes": shard_max_bytes,
             "output": str(output) if output else None,
         }
         spec = build_job(job_file, overrides)
