@@ -293,7 +293,11 @@ def status(
     """
     from tasks.ledger import Ledger, default_ledger_url
 
-    ledger = Ledger(default_ledger_url(data_dir))
+    url = default_ledger_url(data_dir)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        console.print(f"no runs yet: {url} does not exist (is --data-dir right?)")
+        return
+    ledger = Ledger(url)
     runs = ledger.find_runs(run_key or "")
     if not runs:
         console.print(f"no runs in {ledger.url}" + (f" matching {run_key!r}" if run_key else ""))

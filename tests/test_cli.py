@@ -57,3 +57,9 @@ def test_run_command_end_to_end(tmp_path: Path, emulator: RunningEmulator) -> No
     assert table.column("response").to_pylist()[0].startswith("positive")
     status = runner.invoke(app, ["status", "--data-dir", str(tmp_path / "d")])
     assert "finished" in status.output
+
+
+def test_status_of_an_empty_data_dir_creates_nothing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["status", "--data-dir", str(tmp_path / "nothing")])
+    assert result.exit_code == 0 and "no runs yet" in result.output
+    assert not (tmp_path / "nothing").exists()
