@@ -14,7 +14,7 @@ from prefect.artifacts import create_progress_artifact
 
 from flows.run_job import advance_with_tasks, finish_and_publish
 from tasks import inbox, runner
-from tasks.errors import GrokBatchError
+from tasks.errors import GrokBatchError, ProviderError
 from tasks.ledger import Ledger, RunBusyError, default_ledger_url, this_holder
 from tasks.providers.registry import make_provider
 
@@ -26,7 +26,7 @@ def collect_pending(data_dir: str = "data", inbox_dir: str | None = None) -> dic
     data_root = Path(data_dir)
     layout = inbox.InboxLayout.under(data_root, Path(inbox_dir) if inbox_dir else None)
     ledger = Ledger(default_ledger_url(data_root))
-    outcome: dict[str, Any] = {"advanced": [], "finished": [], "failed": [], "busy": []}
+    outcome: dict[str, Any] = {"advanced": [], "finished": [], "failed": [], "busy": [], "unreachable": []}
     holder = this_holder()
     try:
         for run in ledger.open_runs():
@@ -51,6 +51,9 @@ def collect_pending(data_dir: str = "data", inbox_dir: str | None = None) -> dic
                     if run["origin"] == "inbox":
                         inbox.archive(Path(run["input_path"]), layout)
                     outcome["finished"].append(key)
+            except ProviderError as exc:  # the service or the network: try again next pass
+                logger.error("run %s stays open, the service call failed: %s", key, exc)
+                outcome["unreachable"].append(key)
             except GrokBatchError as exc:
                 logger.error("run %s cannot continue: %s", key, exc)
                 ledger.update_run(key, state="failed")
@@ -61,4 +64,9 @@ def collect_pending(data_dir: str = "data", inbox_dir: str | None = None) -> dic
                 ledger.release(key, holder)
     finally:
         ledger.close()
+    if outcome["unreachable"]:  # fail this flow run (alerts fire) but keep the runs open
+        raise ProviderError(
+            f"{len(outcome['unreachable'])} run(s) could not reach the batch service; they stay open "
+            "and the next pass tries again"
+        )
     return outcome

@@ -10,6 +10,7 @@ import pytest
 from emulator import RunningEmulator
 from flows.collect import collect_pending
 from flows.scan_inbox import scan_inbox
+from tests.conftest import EMULATOR_KEY
 from tests.helpers import write_csv
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -104,3 +105,17 @@ def test_bad_drops_move_to_failed_with_an_explanation(
     assert (data / "failed" / "bad.csv").read_bytes() == rows_csv
     assert expected in (data / "failed" / "bad.error.md").read_text()
     assert list(inbox.iterdir()) == [] and emulator.state.request_log == []
+
+
+def test_collector_keeps_runs_open_when_the_service_is_unreachable(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    drop(data / "inbox", "r.csv", [{"text": "x"}])
+    assert scan_inbox(data_dir=str(data), settle_s=1)["submitted"] == ["r.csv"]
+    monkeypatch.setenv("XAI_API_KEY", "wrong-key")  # every call now answers 401
+    with pytest.raises(Exception, match="could not reach the batch service"):
+        collect_pending(data_dir=str(data))
+    monkeypatch.setenv("XAI_API_KEY", EMULATOR_KEY)
+    collect_until_idle(data)
+    assert pq.read_table(data / "outbox" / "r.parquet").num_rows == 1
