@@ -37,7 +37,7 @@ def scan_inbox(
                 claimed = inbox.claim(table, layout)
                 if claimed is None:
                     continue  # another scan took it
-                key = run_key(claimed.sha256, claimed.job.fingerprint())
+                key = run_key(claimed.sha256, claimed.job.fingerprint(), "utf-8")
                 known = ledger.run(key)
                 if known is not None and known["state"] != "failed":
                     logger.warning(

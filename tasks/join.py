@@ -131,7 +131,7 @@ def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: boo
     """Stream the input and the outcomes into `output` (atomically); returns the totals."""
     if output.exists() and not overwrite:
         raise GrokBatchError(f"output {output} already exists; pass --overwrite to replace it")
-    source = TableSource(Path(plan.input_path))
+    source = TableSource(Path(plan.input_path), encoding=plan.encoding)
     source.check_readable()
     if file_sha256(source.path) != plan.input_sha256:  # same row count is not the same rows
         raise GrokBatchError(

@@ -201,7 +201,7 @@ def prepare_run(source: TableSource, job: JobSpec, runs_root: Path, input_sha: s
     """Render the table into request shards under runs_root/<run_key>, or reuse that run."""
     source.check_readable()
     input_sha = input_sha or file_sha256(source.path)
-    key = run_key(input_sha, job.fingerprint())
+    key = run_key(input_sha, job.fingerprint(), source.encoding)
     paths = RunPaths(runs_root / key)
     if paths.plan.exists():
         return RunPlan.load(paths)
@@ -285,6 +285,7 @@ def _write_staged(
         job=job.model_dump(mode="json"),
         total_rows=total,
         rejected_rows=rejected,
+        encoding=source.encoding,
         shards=[
             ShardInfo(s.round_no, s.shard_no, str(paths.shard(s.round_no, s.shard_no)), s.lines, s.bytes)
             for s in shards

@@ -11,9 +11,10 @@ from typing import Any
 import pyarrow as pa
 
 
-def run_key(input_sha256: str, job_fingerprint: str) -> str:
-    """Same file + same job = same key, so a rerun finds the run it started before."""
-    return hashlib.sha256(f"{input_sha256}:{job_fingerprint}".encode()).hexdigest()[:16]
+def run_key(input_sha256: str, job_fingerprint: str, encoding: str = "utf-8") -> str:
+    """Same file (read the same way) + same job = same key, so a rerun finds its run."""
+    read_as = "" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else f":{encoding}"
+    return hashlib.sha256(f"{input_sha256}:{job_fingerprint}{read_as}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class RunPlan:
     total_rows: int
     rejected_rows: int
     shards: list[ShardInfo] = field(default_factory=list)
+    encoding: str = "utf-8"  # how the input text is read; the join reads it the same way
 
     def save(self, paths: RunPaths) -> None:
         tmp = paths.plan.with_suffix(".json.tmp")

@@ -99,7 +99,7 @@ def start_run(
         logger.warning(warning)
     source.check_readable()
     input_sha = input_sha or file_sha256(source.path)
-    key = run_key(input_sha, job.fingerprint())
+    key = run_key(input_sha, job.fingerprint(), source.encoding)
     run_dir = runs_root / key
     ledger.ensure_run(
         key,

@@ -10,16 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.crashpoints import AFTER_CREATE, AFTER_UPLOAD, crashpoint
-from tasks.ledger import Ledger
+from tasks.ledger import Ledger, this_holder
 from tasks.providers.base import BatchProvider, BatchState
 
 
-def submit_planned(ledger: Ledger, provider: BatchProvider, run_key: str) -> int:
-    """Submit every shard of the run that has no batch yet; returns how many were submitted."""
+def submit_planned(ledger: Ledger, provider: BatchProvider, run_key: str, lease_s: float = 300.0) -> int:
+    """Submit every shard of the run that has no batch yet; returns how many were submitted.
+
+    The run's lease is renewed before each shard: if a long pass outlived it and another
+    driver took the run over, RunBusyError stops this one before it pays for anything.
+    """
     submitted = 0
+    holder = this_holder()
     for row in ledger.batches(run_key):
         if row.batch_id is not None:
             continue
+        ledger.claim(run_key, holder, lease_s)
         file_id = row.file_id
         if file_id is None:
             ledger.update_batch(row.batch_name, step="uploading")

@@ -116,3 +116,27 @@ def test_input_changed_during_the_run_is_refused_at_join(
         runner.finish(ledger, handle, out, overwrite=False)
     assert not out.exists()
     ledger.close()
+
+
+def test_latin1_input_runs_to_the_end_with_its_encoding(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    from tasks import runner
+    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.providers.xai import XaiProvider
+    from tasks.table_io import TableSource
+
+    src = tmp_path / "latin.csv"
+    src.write_bytes("id,text\n1,café crème\n2,naïve\n".encode("latin-1"))
+    out = tmp_path / "out.parquet"
+    ledger = Ledger(default_ledger_url(data_dir))
+    handle = runner.start_run(
+        TableSource(src, encoding="latin-1"), build_job(None, JOB), data_dir / "runs", ledger, out
+    )
+    for _ in range(400):
+        if runner.advance(ledger, XaiProvider(), handle).complete:
+            break
+        time.sleep(0.05)
+    runner.finish(ledger, handle, out, overwrite=False)
+    ledger.close()
+    assert pq.read_table(out).column("text").to_pylist() == ["café crème", "naïve"]

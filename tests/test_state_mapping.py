@@ -101,3 +101,13 @@ def test_status_code_zero_with_a_response_is_success() -> None:
         "batch_result": {"error": {"code": 0}, "response": {"chat_get_completion": COMPLETION}},
     }
     assert normalize_result(item)["status"] == "succeeded"
+
+
+def test_cancel_with_a_message_after_parsing_keeps_its_results() -> None:
+    data = batch(
+        {"num_requests": 50, "num_success": 30, "num_cancelled": 20},
+        cancel_time="2026-11-26T11:00:00Z",
+        cancel_by_xai_message="cancelled by xAI: capacity",
+    )
+    status = batch_status_from_json(data, NOW)
+    assert status.state == BatchState.CANCELLED and status.message == "cancelled by xAI: capacity"

@@ -57,7 +57,7 @@ def batch_status_from_json(data: dict[str, Any], now: datetime | None = None) ->
     message = data.get("cancel_by_xai_message") or None
     expires = parse_service_time(data.get("expire_time"))
     expired = expires is not None and (now or datetime.now(UTC)) >= expires
-    if data.get("cancel_time") and message:
+    if data.get("cancel_time") and message and total == 0:
         state = BatchState.REJECTED  # file failed validation: counters stay 0
     elif data.get("cancel_time"):
         state = BatchState.CANCELLED
