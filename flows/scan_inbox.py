@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 
 from flows.stages import prepare_task, submit_task
 from tasks import inbox
-from tasks.errors import GrokBatchError
+from tasks.errors import ProviderError
 from tasks.ledger import Ledger, default_ledger_url, this_holder
 from tasks.providers.registry import make_provider
 from tasks.run_layout import run_key
@@ -46,7 +46,8 @@ def scan_inbox(
                     inbox.archive(claimed.path, layout)
                     outcome["duplicates"].append(table.name)
                     continue
-                output = inbox.output_for(claimed.name, claimed.sha256, layout)
+                taken = {Path(r["output_path"]) for r in ledger.open_runs() if r["output_path"]}
+                output = inbox.output_for(claimed.name, claimed.sha256, layout, taken)
                 handle = prepare_task(
                     TableSource(claimed.path),
                     claimed.job,
@@ -59,10 +60,12 @@ def scan_inbox(
                 )
                 try:
                     submit_task(ledger, make_provider(claimed.job.provider), handle)
+                except ProviderError as exc:  # the run is recorded: collect-pending submits it later
+                    logger.error("%s is queued; submitting failed for now: %s", table.name, exc)
                 finally:
                     ledger.release(handle.run_key, this_holder())
                 outcome["submitted"].append(table.name)
-            except GrokBatchError as exc:
+            except Exception as exc:  # one bad drop never stops the scan of the others
                 logger.error("%s cannot be processed: %s", table.name, exc)
                 inbox.fail(claimed.path if claimed else table, exc, layout)
                 outcome["failed"].append(table.name)

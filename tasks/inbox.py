@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import GrokBatchError, JobSpecError
+from tasks.errors import GrokBatchError, InputError, JobSpecError
 from tasks.job import JobSpec, build_job
 from tasks.table_io import FORMATS, file_sha256
 
@@ -76,9 +76,11 @@ def settled_tables(inbox: Path, settle_s: float, now: float | None = None) -> li
     moment = time.time() if now is None else now
     found = []
     for path in sorted(inbox.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in FORMATS:
+        if path.name.startswith(".") or path.suffix.lower() not in FORMATS:
             continue
-        stat = path.stat()
+        if not (path.is_symlink() or path.is_file()):
+            continue
+        stat = path.lstat()  # a link is judged (and refused in claim) as itself
         if moment - stat.st_mtime >= settle_s:
             found.append(path)
     return found
@@ -87,12 +89,14 @@ def settled_tables(inbox: Path, settle_s: float, now: float | None = None) -> li
 def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
     """name.job.yaml beside the table, else the inbox default; output is never the job's choice."""
     own = table.with_name(table.stem + JOB_SUFFIX)
+    if own.name == DEFAULT_JOB_NAME:  # default.csv: the shared job is not its own to take away
+        own = layout.inbox / ".no-own-job"
     job_file = own if own.exists() else layout.inbox / DEFAULT_JOB_NAME
     if not job_file.exists():
         raise JobSpecError(
             f"no job for {table.name}: drop {own.name} beside it, or put a {DEFAULT_JOB_NAME} in the inbox"
         )
-    if not layout.holds(job_file, layout.inbox):
+    if job_file.is_symlink() or not layout.holds(job_file, layout.inbox):
         raise JobSpecError(f"job file {job_file.name} points outside the inbox; it is not used")
     job = build_job(job_file)
     if job.output is not None:
@@ -105,6 +109,8 @@ def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
 def claim(table: Path, layout: InboxLayout) -> Claimed | None:
     """Move `table` (and its own job file) into processing/ atomically; None if another
     scanner took it first."""
+    if table.is_symlink():
+        raise InputError(f"{table.name} is a symbolic link; drop the file itself (a link may point anywhere)")
     own_job, job = job_for(table, layout)
     sha = file_sha256(table)
     target = layout.processing / f"{table.stem}--{sha[:12]}{table.suffix}"
@@ -124,11 +130,16 @@ def dropped_name(processing_path: Path) -> str:
     return (stem or processing_path.stem) + processing_path.suffix
 
 
-def output_for(name: str, sha256: str, layout: InboxLayout) -> Path:
-    """outbox/name.parquet, or name--<sha>.parquet when another content holds that name."""
+def output_for(
+    name: str, sha256: str, layout: InboxLayout, taken: set[Path] | frozenset[Path] = frozenset()
+) -> Path:
+    """outbox/name.parquet, or name--<sha>.parquet when another content holds or will hold
+    that name (`taken`: the outputs of runs still open)."""
     stem = Path(name).stem
     plain = layout.outbox / f"{stem}.parquet"
-    return plain if not plain.exists() else layout.outbox / f"{stem}--{sha256[:12]}.parquet"
+    if plain.exists() or plain in taken or plain.resolve() in {p.resolve() for p in taken}:
+        return layout.outbox / f"{stem}--{sha256[:12]}.parquet"
+    return plain
 
 
 def _free_path(folder: Path, name: str) -> Path:

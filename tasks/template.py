@@ -9,16 +9,35 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
+from typing import Any
 
 import jinja2
 import pyarrow as pa
 import pyarrow.compute as pc
 from jinja2 import meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from tasks.errors import InputError
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_MAX_REPEAT = 100_000  # "x" * n and friends: a template must not exhaust memory
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, plus a bound on `*` and no `**`, which Jinja's sandbox leaves open."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            raise SecurityError("the ** operator is not allowed in prompt templates")
+        sized = any(isinstance(v, str | list | tuple) for v in (left, right))
+        if sized and any(isinstance(v, int) and abs(v) > _MAX_REPEAT for v in (left, right)):
+            raise SecurityError(f"repeating text more than {_MAX_REPEAT} times is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _JINJA_MARKUP = re.compile(r"\{\{|\{%|\{#|\}\}|%\}|#\}")
 
@@ -76,10 +95,15 @@ class PromptTemplate:
             return pc.binary_join_element_wise(*pieces, "")
         compiled = _ENV.from_string(self.source)
         columns = {name: texts[name].to_pylist() for name in self.columns}
-        rendered = [
-            compiled.render({name: values[row] for name, values in columns.items()})
-            for row in range(batch.num_rows)
-        ]
+        rendered = []
+        for row in range(batch.num_rows):
+            try:
+                rendered.append(compiled.render({name: values[row] for name, values in columns.items()}))
+            except Exception as exc:  # an untrusted template: any failure is the template's
+                raise InputError(
+                    f"the prompt template failed on row {row + 1} of a block of {batch.num_rows}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
         return pa.array(rendered, type=pa.string())
 
 

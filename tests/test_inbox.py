@@ -119,3 +119,28 @@ def test_collector_keeps_runs_open_when_the_service_is_unreachable(
     monkeypatch.setenv("XAI_API_KEY", EMULATOR_KEY)
     collect_until_idle(data)
     assert pq.read_table(data / "outbox" / "r.parquet").num_rows == 1
+
+
+def test_symlinks_default_named_tables_and_broken_templates(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    data = tmp_path / "data"
+    inbox = data / "inbox"
+    secret = tmp_path / "secret.csv"
+    secret.write_text("text\nthe worker's private data\n")
+    inbox.mkdir(parents=True)
+    (inbox / "link.csv").symlink_to(secret)
+    (inbox / "default.job.yaml").write_text(JOB_YAML)
+    drop(inbox, "default.csv", [{"text": "x"}], job=None)
+    drop(
+        inbox,
+        "evil.csv",
+        [{"text": "x"}],
+        job='model: grok-4.3\nprompt: "{% if text %}{{ text.__class__ }}{% endif %}"\n',
+    )
+    result = scan_inbox(data_dir=str(data), settle_s=0)
+    assert sorted(result["failed"]) == ["evil.csv", "link.csv"] and result["submitted"] == ["default.csv"]
+    assert "symbolic link" in (data / "failed" / "link.error.md").read_text()
+    assert "unsafe" in (data / "failed" / "evil.error.md").read_text()
+    assert (inbox / "default.job.yaml").exists()  # the shared job stays for the next drop
+    assert secret.read_text().startswith("text")

@@ -50,3 +50,16 @@ def test_nested_column_in_template_is_refused() -> None:
     schema = pa.schema([("tags", pa.list_(pa.string()))])
     with pytest.raises(InputError, match=r"column 'tags' has type list<item: string>"):
         PromptTemplate("{{ tags }}").check_schema(schema, "in.parquet")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ 'x' * 10 ** 10 }}", r"\*\* operator is not allowed"),
+        ("{{ text * 1000000000 }}", r"repeating text more than 100000 times"),
+        ("{{ none.x }}", r"UndefinedError"),
+    ],
+)
+def test_hostile_templates_fail_as_input_errors(source: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        PromptTemplate(source).render(batch(text=["x"]))
