@@ -300,9 +300,9 @@ def status(
     ledger = Ledger(url)
     runs = ledger.find_runs(run_key or "")
     if not runs:
-        console.print(f"no runs in {ledger.url}" + (f" matching {run_key!r}" if run_key else ""))
+        console.print(f"no runs in {ledger.display_url}" + (f" matching {run_key!r}" if run_key else ""))
         return
-    table = Table(title=f"runs in {ledger.url}")
+    table = Table(title=f"runs in {ledger.display_url}")
     for column in ("run", "job", "input", "state", "round", "output"):
         table.add_column(column)
     for r in runs:

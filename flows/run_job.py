@@ -132,7 +132,9 @@ def resume_batch_job(
         matches = ledger.find_runs(run_key)
         if len(matches) != 1:
             found = ", ".join(m["run_key"] for m in matches) or "none"
-            raise GrokBatchError(f"run {run_key!r} matches {len(matches)} runs in {ledger.url} ({found})")
+            raise GrokBatchError(
+                f"run {run_key!r} matches {len(matches)} runs in {ledger.display_url} ({found})"
+            )
         handle = runner.handle_for(ledger, matches[0]["run_key"])
         output_path = Path(output or matches[0]["output_path"])
         runner.check_output_path(output_path, overwrite)

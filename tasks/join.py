@@ -146,18 +146,22 @@ def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: boo
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     tally = Tally()
-    with pq.ParquetWriter(partial, out_schema) as writer:
-        for batch in source.batches(schema=schema):
-            rows = manifest.take(batch.num_rows)
-            if rows.num_rows != batch.num_rows:
-                break
-            appended = outcomes.columns_for(rows)
-            tally.add(appended)
-            table = pa.Table.from_batches([batch]).cast(schema)
-            for field, column in zip(result_fields, appended.columns, strict=True):
-                table = table.append_column(field, column)
-            writer.write_table(table)
-            crashpoint(WHILE_JOINING)
+    try:
+        with pq.ParquetWriter(partial, out_schema) as writer:
+            for batch in source.batches(schema=schema):
+                rows = manifest.take(batch.num_rows)
+                if rows.num_rows != batch.num_rows:
+                    break
+                appended = outcomes.columns_for(rows)
+                tally.add(appended)
+                table = pa.Table.from_batches([batch]).cast(schema)
+                for field, column in zip(result_fields, appended.columns, strict=True):
+                    table = table.append_column(field, column)
+                writer.write_table(table)
+                crashpoint(WHILE_JOINING)
+    except Exception:
+        partial.unlink(missing_ok=True)  # ours and half written: nobody can use it
+        raise
     if tally.rows != plan.total_rows:
         partial.unlink(missing_ok=True)
         raise GrokBatchError(

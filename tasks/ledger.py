@@ -106,6 +106,8 @@ class BatchRow:
 class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
+        # For messages and `status`: a PostgreSQL password never reaches a terminal or a log.
+        self.display_url = sa.engine.make_url(url).render_as_string(hide_password=True)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = sa.create_engine(url, future=True, **_engine_options(url))

@@ -171,8 +171,8 @@ class ShardWriter:
 
     def close(self) -> list[ShardInfo]:
         """Finish every write (raising the first error) and return the shards written."""
-        self._close_current()
         try:
+            self._close_current()
             while self._pending:
                 self._pending.popleft().result()
         finally:

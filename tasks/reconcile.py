@@ -43,16 +43,18 @@ def plan_follow_up(
     writer = ShardWriter(paths, next_round, shard_max_lines, shard_max_bytes)
     member_ids: list[str] = []
     member_shards: list[int] = []
-    for row in rows:
-        lines = [
-            line for line in _lines_of(Path(row.shard_path)) if json.loads(line)["custom_id"] in retry_ids
-        ]
-        if not lines:
-            continue
-        shard_of = writer.write(pa.array(lines, type=pa.string()))
-        member_ids.extend(json.loads(line)["custom_id"] for line in lines)
-        member_shards.extend(int(s) for s in shard_of)
-    shards = writer.close()
+    try:
+        for row in rows:
+            lines = [
+                line for line in _lines_of(Path(row.shard_path)) if json.loads(line)["custom_id"] in retry_ids
+            ]
+            if not lines:
+                continue
+            shard_of = writer.write(pa.array(lines, type=pa.string()))
+            member_ids.extend(json.loads(line)["custom_id"] for line in lines)
+            member_shards.extend(int(s) for s in shard_of)
+    finally:
+        shards = writer.close()
     members = pa.table(
         {"custom_id": pa.array(member_ids, pa.string()), "shard": pa.array(member_shards, pa.int32())}
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tasks.catalog import check_batch_model
 from tasks.collect import collect_batch, paused_gc
-from tasks.errors import GrokBatchError, InputError
+from tasks.errors import GrokBatchError, InputError, ProviderError
 from tasks.job import JobSpec
 from tasks.join import write_output
 from tasks.ledger import BatchRow, Ledger, this_holder
@@ -125,7 +125,7 @@ def start_run(
 def handle_for(ledger: Ledger, key: str) -> RunHandle:
     run = ledger.run(key)
     if run is None:
-        raise GrokBatchError(f"no run {key} in the ledger {ledger.url}")
+        raise GrokBatchError(f"no run {key} in the ledger {ledger.display_url}")
     run_dir = Path(run["run_dir"])
     if not RunPaths(run_dir).plan.exists():
         raise GrokBatchError(f"run {key} was never prepared ({run_dir} has no run.json); run it again")
@@ -159,12 +159,27 @@ COLLECT_THREADS = 4  # result pages are mostly waiting on the network: overlap a
 def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
     """Collect every batch that reached a terminal state; returns how many were collected."""
     ready = [row for row in ledger.batches(handle.run_key) if row.step == "created" and _terminal(row)]
+    for row in ready:
+        if row.state == BatchState.EXPIRED and row.batch_id:
+            # Expiry is judged by our clock: stop the service from finishing (and billing)
+            # rows that the next round sends again.
+            _best_effort(provider.cancel, row.batch_id)
     with paused_gc(), ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect") as pool:
         futures = {pool.submit(collect_batch, provider, handle.paths, row): row for row in ready}
         for future in as_completed(futures):
             future.result()  # the first failure stops the pass; collected batches stay recorded
-            ledger.update_batch(futures[future].batch_name, step="collected")
+            row = futures[future]
+            ledger.update_batch(row.batch_name, step="collected")
+            if row.file_id:
+                _best_effort(provider.delete_file, row.file_id)
     return len(ready)
+
+
+def _best_effort(call: Callable[[str], None], argument: str) -> None:
+    try:
+        call(argument)
+    except ProviderError as exc:
+        logger.warning("%s", exc)
 
 
 def reconcile(ledger: Ledger, handle: RunHandle) -> bool:

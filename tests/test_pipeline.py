@@ -37,6 +37,7 @@ def test_every_row_gets_its_own_answer_in_input_order(
     assert_answers_on_their_rows(out, data_dir / "runs" / summary.run_key)
     assert len(summary.batches) == 3
     assert emulator.state.count("POST", "/v1/batches", 200) == 3
+    assert emulator.state.files == {}  # uploaded request files are deleted once collected
 
 
 def test_failed_requests_are_retried_in_follow_up_rounds(

@@ -52,6 +52,8 @@ def test_expired_batch_keeps_finished_rows_and_retries_the_rest(
     attempts = [r["attempts"] for r in rows]
     assert attempts.count(1) > 0 and attempts.count(2) > 0  # finished rows kept, pending rows retried
     assert emulator.state.count("POST", "/v1/batches", 200) == 2
+    cancels = [e for e in emulator.state.request_log if e[0] == "POST" and e[1].endswith(":cancel")]
+    assert len(cancels) == 1  # the expired batch is stopped before its rows are sent again
     assert_answers_on_their_rows(tmp_path / "out.parquet", next((data_dir / "runs").iterdir()))
 
 

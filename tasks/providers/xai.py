@@ -260,6 +260,10 @@ class XaiProvider:
                 return
             token = next_token
 
+    def delete_file(self, file_id: str) -> None:
+        """Uploaded request files are billed per GiB-day; drop each once its batch is collected."""
+        self._call(f"deleting file {file_id}", lambda: self._client.files.delete(file_id))
+
     def cancel(self, batch_id: str) -> None:
         self._call(
             f"cancelling batch {batch_id}",
