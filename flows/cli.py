@@ -337,7 +337,8 @@ def cancel(
     run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run key (or a unique prefix).")],
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Cancel a run's batches at the service. Finished results are kept; resume collects them.
+    """Cancel a run: its batches at the service, and any shard or retry round not yet sent.
+    Finished results are kept; resume (or collect-pending) collects them.
 
     Example:  grok-batch cancel 3f2a9c && grok-batch resume 3f2a9c
     """
@@ -348,6 +349,7 @@ def cancel(
     runs = ledger.find_runs(run_key)
     if len(runs) != 1:
         _fail(GrokBatchError(f"run {run_key!r} matches {len(runs)} runs"))
+    ledger.update_run(runs[0]["run_key"], cancel_requested=True)  # no new batches or rounds from now
     try:
         provider = make_provider(runs[0]["provider"])
         cancelled = 0

@@ -55,7 +55,7 @@ def missing_outcome(state: BatchState, message: str | None) -> tuple[str, str, b
 _RECORD_FIELDS = [f for f in RESULT_SCHEMA if f.name not in ("batch_id", "round")]
 
 
-def _records_table(records: list[dict[str, Any]], batch_id: str, round_no: int) -> pa.Table:
+def _records_table(records: list[dict[str, Any]], batch_id: str | None, round_no: int) -> pa.Table:
     """Column by column (Table.from_pylist costs ~25 us a row; this a few)."""
     columns = {f.name: pa.array([r.get(f.name) for r in records], type=f.type) for f in _RECORD_FIELDS}
     columns["batch_id"] = pa.array([batch_id] * len(records), type=pa.string())
@@ -64,8 +64,9 @@ def _records_table(records: list[dict[str, Any]], batch_id: str, round_no: int) 
 
 
 def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Path:
-    """Write the batch's results file (atomically); rerunning it rewrites the same file."""
-    assert row.batch_id is not None and row.state is not None
+    """Write the batch's results file (atomically); rerunning it rewrites the same file.
+    A shard of a cancelled run that was never sent (no batch_id) gets its outcomes too."""
+    assert row.state is not None
     members = shard_members(paths, row.round_no, row.shard_no)
     wanted = set(members.to_pylist())
     seen: set[str] = set()
@@ -73,7 +74,7 @@ def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".parquet.partial")
     with pq.ParquetWriter(partial, RESULT_SCHEMA) as writer:
-        if row.state != BatchState.REJECTED:
+        if row.state != BatchState.REJECTED and row.batch_id is not None:
             for page in provider.iter_results(row.batch_id):
                 fresh = [r for r in page if r["custom_id"] in wanted and r["custom_id"] not in seen]
                 seen.update(r["custom_id"] for r in fresh)
@@ -83,6 +84,8 @@ def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Pa
         missing = pc.filter(members, pc.invert(pc.is_in(members, pa.array(list(seen), pa.string()))))
         if len(missing):
             status, error, retryable = missing_outcome(BatchState(row.state), row.message)
+            if row.batch_id is None:
+                error = "the run was cancelled before this request was sent"
             records = [
                 {"custom_id": cid, "status": status, "error": error, "retryable": retryable}
                 for cid in missing.to_pylist()

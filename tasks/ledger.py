@@ -34,6 +34,7 @@ runs_table = sa.Table(
     sa.Column("origin", sa.String(16), nullable=False, default="cli"),  # cli | inbox | deployment
     sa.Column("state", sa.String(16), nullable=False, default="open"),  # open | complete | finished | failed
     sa.Column("round_no", sa.Integer, nullable=False, default=1),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("holder", sa.String(255)),
     sa.Column("lease_until", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -162,6 +163,7 @@ class Ledger:
                     origin=origin,
                     state="open",
                     round_no=1,
+                    cancel_requested=False,
                     created_at=now,
                     updated_at=now,
                 )

@@ -192,6 +192,9 @@ def reconcile(ledger: Ledger, handle: RunHandle) -> bool:
     rows: list[BatchRow] = ledger.batches(handle.run_key, round_no)
     if any(r.step != "collected" for r in rows):
         return False
+    if run.get("cancel_requested"):  # cancelled: no follow-up round
+        ledger.update_run(handle.run_key, state="complete")
+        return True
     job = handle.job
     next_round = plan_follow_up(
         ledger,
@@ -229,6 +232,20 @@ PLAIN_STAGES = Stages(
 )
 
 
+def close_unsent(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> None:
+    """After `grok-batch cancel`: nothing more is created; shards never sent end cancelled.
+    A shard caught mid-creation is looked up first, so a batch created just before is kept."""
+    for row in ledger.batches(handle.run_key):
+        if row.batch_id is not None:
+            continue
+        found = provider.find_batch(row.batch_name) if row.step == "creating" else None
+        if found is not None:
+            ledger.update_batch(row.batch_name, step="created", batch_id=found, state=BatchState.VALIDATING)
+            _best_effort(provider.cancel, found)
+        else:
+            ledger.update_batch(row.batch_name, step="created", state=BatchState.CANCELLED)
+
+
 def _terminal(row: BatchRow) -> bool:
     return row.state is not None and BatchState(row.state).terminal
 
@@ -239,8 +256,11 @@ def advance(
     """One idempotent pass: submit what is planned, poll, collect, reconcile; a stage runs
     only when it has work (so a flow records no empty task runs)."""
     rows = ledger.batches(handle.run_key)
-    if any(r.batch_id is None for r in rows):
-        stages.submit(ledger, provider, handle)
+    if any(r.batch_id is None and r.step != "created" for r in rows):
+        if (ledger.run(handle.run_key) or {}).get("cancel_requested"):
+            close_unsent(ledger, provider, handle)
+        else:
+            stages.submit(ledger, provider, handle)
         rows = ledger.batches(handle.run_key)
     if any(r.step == "created" and not _terminal(r) for r in rows):
         stages.poll(ledger, provider, handle)

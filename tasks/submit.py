@@ -23,7 +23,7 @@ def submit_planned(ledger: Ledger, provider: BatchProvider, run_key: str, lease_
     submitted = 0
     holder = this_holder()
     for row in ledger.batches(run_key):
-        if row.batch_id is not None:
+        if row.batch_id is not None or row.step == "created":
             continue
         ledger.claim(run_key, holder, lease_s)
         file_id = row.file_id

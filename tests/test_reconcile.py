@@ -103,3 +103,45 @@ def test_storm_of_429_500_and_dropped_connections_still_completes(
     faults = [e for e in emulator.state.request_log if e[2] in (0, 429, 500)]
     assert len(faults) >= 10
     assert_answers_on_their_rows(tmp_path / "out.parquet", data_dir / "runs" / summary.run_key)
+
+
+def test_cancelled_run_sends_nothing_more_and_plans_no_round(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    emulator.configure(processing_s=1.0, fail_rate=0.5)
+    src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(30)])
+    ledger = Ledger(default_ledger_url(data_dir))
+    provider = XaiProvider()
+    job = build_job(None, {**JOB, "shard_max_lines": 10, "max_attempts": 3})
+    handle = runner.start_run(TableSource(src), job, data_dir / "runs", ledger, tmp_path / "out.parquet")
+    first = ledger.batches(handle.run_key)[0]
+    runner.PLAIN_STAGES.submit(ledger, provider, handle)  # all three shards go out
+    ledger.update_run(handle.run_key, cancel_requested=True)  # what `grok-batch cancel` records
+    provider.cancel(ledger.batches(handle.run_key)[0].batch_id or "")
+    for _ in range(200):
+        if runner.advance(ledger, provider, handle).complete:
+            break
+        time.sleep(0.05)
+    runner.finish(ledger, handle, tmp_path / "out.parquet", overwrite=False)
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert len(rows) == 30 and all(r["attempts"] == 1 for r in rows)  # failures not sent again
+    assert emulator.state.count("POST", "/v1/batches", 200) == 3
+    assert first.batch_name == ledger.batches(handle.run_key)[0].batch_name
+    ledger.close()
+
+
+def test_cancel_before_submission_closes_every_shard_without_a_call(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(30)])
+    ledger = Ledger(default_ledger_url(data_dir))
+    job = build_job(None, {**JOB, "shard_max_lines": 10})
+    handle = runner.start_run(TableSource(src), job, data_dir / "runs", ledger, tmp_path / "out.parquet")
+    ledger.update_run(handle.run_key, cancel_requested=True)
+    assert runner.advance(ledger, XaiProvider(), handle).complete
+    runner.finish(ledger, handle, tmp_path / "out.parquet", overwrite=False)
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert {r["status"] for r in rows} == {"cancelled"}
+    assert rows[0]["error"] == "the run was cancelled before this request was sent"
+    assert emulator.state.request_log == []
+    ledger.close()
