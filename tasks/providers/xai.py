@@ -206,10 +206,10 @@ class XaiProvider:
                 return str(data["batch_id"])
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
                 last_error = _status_text(exc) if isinstance(exc, openai.APIStatusError) else str(exc)
+                self._sleep(_retry_delay(exc, attempt))  # first: give a lagging listing time to show it
                 found = self.find_batch(name)
                 if found is not None:
                     return found
-                self._sleep(_retry_delay(exc, attempt))
             except openai.APIStatusError as exc:
                 raise ProviderError(
                     f"creating batch {name} failed: HTTP {exc.status_code}: {_status_text(exc)}"
