@@ -146,7 +146,6 @@ class ServiceState:
         self.batch_order: list[str] = []
         self.request_log: list[tuple[str, str, int]] = []
         self._rng = random.Random(config.seed)
-        self._ids = itertools.count(1)
 
     def configure(self, changes: dict[str, Any]) -> None:
         """Change knobs at run time; a new `seed` restarts the fault sequence."""

@@ -45,13 +45,12 @@ def plan_follow_up(
     member_shards: list[int] = []
     try:
         for row in rows:
-            lines = [
-                line for line in _lines_of(Path(row.shard_path)) if json.loads(line)["custom_id"] in retry_ids
-            ]
-            if not lines:
+            keyed = [(json.loads(line)["custom_id"], line) for line in _lines_of(Path(row.shard_path))]
+            picked = [(custom_id, line) for custom_id, line in keyed if custom_id in retry_ids]
+            if not picked:
                 continue
-            shard_of = writer.write(pa.array(lines, type=pa.string()))
-            member_ids.extend(json.loads(line)["custom_id"] for line in lines)
+            shard_of = writer.write(pa.array([line for _, line in picked], type=pa.string()))
+            member_ids.extend(custom_id for custom_id, _ in picked)
             member_shards.extend(int(s) for s in shard_of)
     finally:
         shards = writer.close()

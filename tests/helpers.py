@@ -41,13 +41,20 @@ def drive_to_end(
     try:
         provider = XaiProvider()
         handle = runner.start_run(TableSource(input_path), job, data_dir / "runs", ledger, output, overwrite)
-        deadline = time.monotonic() + timeout_s
-        while not runner.advance(ledger, provider, handle).complete:
-            assert time.monotonic() < deadline, "run did not finish in time"
-            time.sleep(0.05)
+        advance_until_complete(ledger, provider, handle, timeout_s)
         return runner.finish(ledger, handle, output, overwrite)
     finally:
         ledger.close()
+
+
+def advance_until_complete(
+    ledger: Ledger, provider: XaiProvider, handle: runner.RunHandle, timeout_s: float = 60.0
+) -> None:
+    """Advance a run until every row has its outcome; fails the test past `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not runner.advance(ledger, provider, handle).complete:
+        assert time.monotonic() < deadline, "run did not finish in time"
+        time.sleep(0.05)
 
 
 def request_bodies(run_dir: Path) -> dict[str, dict[str, Any]]:

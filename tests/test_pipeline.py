@@ -1,6 +1,5 @@
 """The whole pipeline with the plain stage functions against the emulator over HTTP."""
 
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,7 +9,7 @@ import pytest
 from emulator import RunningEmulator
 from tasks.errors import GrokBatchError
 from tasks.job import build_job
-from tests.helpers import assert_answers_on_their_rows, drive_to_end, write_csv
+from tests.helpers import advance_until_complete, assert_answers_on_their_rows, drive_to_end, write_csv
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
 
@@ -108,10 +107,7 @@ def test_input_changed_during_the_run_is_refused_at_join(
     out = tmp_path / "out.parquet"
     ledger = Ledger(default_ledger_url(data_dir))
     handle = runner.start_run(TableSource(src), build_job(None, JOB), data_dir / "runs", ledger, out)
-    for _ in range(400):  # bounded: the emulator finishes in well under a second
-        if runner.advance(ledger, XaiProvider(), handle).complete:
-            break
-        time.sleep(0.05)
+    advance_until_complete(ledger, XaiProvider(), handle)
     write_csv(src, [{"text": "b"}, {"text": "a"}])  # same rows, other order
     with pytest.raises(GrokBatchError, match=r"in.csv changed since the run prepared it"):
         runner.finish(ledger, handle, out, overwrite=False)
@@ -134,10 +130,7 @@ def test_latin1_input_runs_to_the_end_with_its_encoding(
     handle = runner.start_run(
         TableSource(src, encoding="latin-1"), build_job(None, JOB), data_dir / "runs", ledger, out
     )
-    for _ in range(400):
-        if runner.advance(ledger, XaiProvider(), handle).complete:
-            break
-        time.sleep(0.05)
+    advance_until_complete(ledger, XaiProvider(), handle)
     runner.finish(ledger, handle, out, overwrite=False)
     ledger.close()
     assert pq.read_table(out).column("text").to_pylist() == ["café crème", "naïve"]

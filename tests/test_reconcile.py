@@ -12,7 +12,7 @@ from tasks.job import build_job
 from tasks.ledger import Ledger, default_ledger_url
 from tasks.providers.xai import XaiProvider
 from tasks.table_io import TableSource
-from tests.helpers import assert_answers_on_their_rows, drive_to_end, write_csv
+from tests.helpers import advance_until_complete, assert_answers_on_their_rows, drive_to_end, write_csv
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
 
@@ -118,15 +118,13 @@ def test_cancelled_run_sends_nothing_more_and_plans_no_round(
     runner.PLAIN_STAGES.submit(ledger, provider, handle)  # all three shards go out
     ledger.update_run(handle.run_key, cancel_requested=True)  # what `grok-batch cancel` records
     provider.cancel(ledger.batches(handle.run_key)[0].batch_id or "")
-    for _ in range(200):
-        if runner.advance(ledger, provider, handle).complete:
-            break
-        time.sleep(0.05)
+    advance_until_complete(ledger, provider, handle)
     runner.finish(ledger, handle, tmp_path / "out.parquet", overwrite=False)
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert len(rows) == 30 and all(r["attempts"] == 1 for r in rows)  # failures not sent again
     assert emulator.state.count("POST", "/v1/batches", 200) == 3
-    assert first.batch_name == ledger.batches(handle.run_key)[0].batch_name
+    first_now = ledger.batches(handle.run_key)[0]
+    assert first.batch_name == first_now.batch_name and first_now.state == "cancelled"
     ledger.close()
 
 
