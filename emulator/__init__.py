@@ -1,6 +1,7 @@
-"""Local stand-in for the xAI Batch service (a real HTTP server); see server.py."""
+"""Local stand-in for the xAI Batch service, with an OpenAI Batch mode (a real HTTP
+server); see server.py."""
 
+from emulator.config import EmulatorConfig
 from emulator.server import RunningEmulator
-from emulator.state import EmulatorConfig
 
 __all__ = ["EmulatorConfig", "RunningEmulator"]

@@ -1,5 +1,10 @@
 """Deterministic stand-in answers: a pure function of the request, so tests can
-recompute the answer every row should carry and prove it landed on that row."""
+recompute the answer every row should carry and prove it landed on that row.
+
+Two usage flavours share the same token counts: xAI's `completion_tokens`
+excludes reasoning and carries `cost_in_usd_ticks`; OpenAI's includes reasoning
+and has no cost. Comparing them is how a client proves it reads each one right.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import hashlib
 import json
 import re
 from typing import Any, NamedTuple
+
+from emulator.structured import broken_answer, build_answer, dumps, response_schema
 
 _POSITIVE = {
     "love", "loved", "great", "excellent", "perfect", "amazing", "good", "best",
@@ -50,9 +57,44 @@ def _sentiment(text: str) -> str:
     return "neutral"
 
 
+def _plain_answer(body: dict[str, Any], digest: str) -> str:
+    return f"{_sentiment(_user_text(body))} (emulated answer {digest})"
+
+
+def structured_answer(body: dict[str, Any], digest: str | None = None) -> dict[str, Any] | None:
+    """The object answered to a `response_format` request (None without one): each property of
+    the schema filled from the request's sentiment, answer text and digest."""
+    schema = response_schema(body)
+    if schema is None:
+        return None
+    digest = digest or request_digest(body)
+    return build_answer(schema, _sentiment(_user_text(body)), _plain_answer(body, digest), digest)
+
+
 def expected_answer(body: dict[str, Any], digest: str | None = None) -> str:
-    """The full answer the emulator gives to `body` (before any max_tokens cut)."""
-    return f"{_sentiment(_user_text(body))} (emulated answer {digest or request_digest(body)})"
+    """The full answer the emulator gives to `body` (before any max_tokens cut); JSON text
+    for structured requests."""
+    digest = digest or request_digest(body)
+    if "response_format" not in body:  # the hot path of million-row result pages
+        return _plain_answer(body, digest)
+    structured = structured_answer(body, digest)
+    return _plain_answer(body, digest) if structured is None else dumps(structured)
+
+
+def invalid_output(body: dict[str, Any], rate: float, seed: int, digest: str | None = None) -> str | None:
+    """The schema-breaking content given instead of the structured answer, or None.
+
+    Chosen from seed + request digest (not from a random stream), so the batch and the
+    sync route break the same requests."""
+    schema = response_schema(body)
+    if schema is None or rate <= 0:
+        return None
+    digest = digest or request_digest(body)
+    roll = int(hashlib.sha256(f"{seed}:{digest}:invalid".encode()).hexdigest()[:8], 16) / 2**32
+    if roll >= rate:
+        return None
+    answer = structured_answer(body, digest) or {}
+    return broken_answer(schema, answer, _sentiment(_user_text(body)), digest)
 
 
 def _tokens(text: Any) -> int:
@@ -76,10 +118,11 @@ class _Completion(NamedTuple):
     cost_ticks: int
 
 
-def _complete(body: dict[str, Any]) -> _Completion:
+def _complete(body: dict[str, Any], invalid_output_rate: float, seed: int) -> _Completion:
     model = str(body.get("model", ""))
     digest = request_digest(body)
-    answer = expected_answer(body, digest)
+    broken = invalid_output(body, invalid_output_rate, seed, digest) if invalid_output_rate > 0 else None
+    answer = broken if broken is not None else expected_answer(body, digest)
     finish_reason = "stop"
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     if isinstance(max_tokens, int) and max_tokens > 0 and _tokens(answer) > max_tokens:
@@ -102,9 +145,19 @@ def _complete(body: dict[str, Any]) -> _Completion:
     )  # fmt: skip
 
 
-def chat_completion(body: dict[str, Any], created: int) -> dict[str, Any]:
-    """A chat.completion body with xAI's usage shape (completion_tokens excludes reasoning)."""
-    c = _complete(body)
+def chat_completion(
+    body: dict[str, Any],
+    created: int,
+    flavor: str = "xai",
+    *,
+    invalid_output_rate: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A chat.completion body in xAI's usage shape (completion_tokens excludes reasoning), or
+    with flavor="openai" in OpenAI's (completion_tokens includes reasoning, no cost)."""
+    c = _complete(body, invalid_output_rate, seed)
+    if flavor == "openai":
+        return _openai_completion(c, created)
     return {
         "id": f"emu-{c.digest}",
         "object": "chat.completion",
@@ -140,6 +193,37 @@ def chat_completion(body: dict[str, Any], created: int) -> dict[str, Any]:
     }
 
 
+def _openai_completion(c: _Completion, created: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-emu-{c.digest}",
+        "object": "chat.completion",
+        "created": created,
+        "model": c.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": c.answer, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens + c.reasoning_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens + c.reasoning_tokens,
+            "prompt_tokens_details": {"cached_tokens": c.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": c.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_emulator",
+    }
+
+
 # The same document as chat_completion(), formatted directly: result pages of a
 # million-request batch are built ~3x faster this way than through json.dumps of dicts.
 _COMPLETION_JSON = (
@@ -153,8 +237,19 @@ _COMPLETION_JSON = (
 )
 
 
-def chat_completion_json(body: dict[str, Any], created: int) -> str:
-    c = _complete(body)
+def chat_completion_json(
+    body: dict[str, Any],
+    created: int,
+    flavor: str = "xai",
+    *,
+    invalid_output_rate: float = 0.0,
+    seed: int = 0,
+) -> str:
+    """chat_completion() as JSON text (preformatted for the xAI flavour, which pages millions)."""
+    if flavor == "openai":
+        document = chat_completion(body, created, flavor, invalid_output_rate=invalid_output_rate, seed=seed)
+        return json.dumps(document, ensure_ascii=False)
+    c = _complete(body, invalid_output_rate, seed)
     return _COMPLETION_JSON % (
         c.digest, created, json.dumps(c.model, ensure_ascii=False), json.dumps(c.answer, ensure_ascii=False),
         c.finish_reason, c.prompt_tokens, c.completion_tokens,

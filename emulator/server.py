@@ -1,8 +1,11 @@
-"""A real HTTP server on loopback that speaks xAI's REST Batch protocol (reference §8).
+"""A real HTTP server on loopback that speaks xAI's REST Batch protocol (reference §8),
+and OpenAI's Batch protocol under /openai/v1 (see openai_routes.py).
 
-Routes: /v1/files (multipart upload, list, get, delete, content), /v1/batches
+xAI routes: /v1/files (multipart upload, list, get, delete, content), /v1/batches
 (create, list, get, :cancel, results, requests), /v1/chat/completions, plus
-/_emulator/stats and /_emulator/config for tests and people poking at it.
+/_emulator/stats and /_emulator/config for tests and people poking at it. With
+EmulatorConfig.protocol="openai" the plain /v1 routes speak OpenAI instead. Faults
+(429, 500, drops, auth) apply to both protocols, each answering in its own shape.
 """
 
 from __future__ import annotations
@@ -10,42 +13,25 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
-from email.parser import BytesParser
-from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from emulator.completions import chat_completion
+from emulator.openai_routes import OpenAIRoutes
+from emulator.replies import RawJson, Reply, error_body, json_object, read_upload
 from emulator.state import BatchRecord, EmulatorConfig, ServiceState
 
 _BATCH_ROUTE = re.compile(r"^/v1/batches/(?P<id>[^/:]+)(?P<rest>:cancel|/results|/requests)?$")
 _FILE_ROUTE = re.compile(r"^/v1/files/(?P<id>[^/]+)(?P<rest>/content)?$")
+OPENAI_PREFIX = "/openai"
 
 
-class _Reply(Exception):  # noqa: N818 (a reply, not an error)
-    """Raised inside a route to answer with an error status."""
-
-    def __init__(self, status: int, message: str, code: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-
-class _RawJson(str):
-    """A reply that is already JSON text (result pages are built from pre-rendered rows)."""
-
-
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
-    header = f"Content-Type: {content_type}\r\n\r\n".encode()
-    message = BytesParser(policy=HTTP).parsebytes(header + body)
-    parts: dict[str, tuple[str | None, bytes]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        if isinstance(name, str):
-            parts[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
-    return parts
+def _protocol_and_route(path: str, config: EmulatorConfig) -> tuple[str, str]:
+    """Which protocol answers `path`, and the path as that protocol's routes see it ("/v1/...")."""
+    if path == f"{OPENAI_PREFIX}/v1" or path.startswith(f"{OPENAI_PREFIX}/v1/"):
+        return "openai", path[len(OPENAI_PREFIX) :]
+    return config.protocol, path
 
 
 def _page_params(query: dict[str, list[str]]) -> tuple[int, int]:
@@ -53,9 +39,9 @@ def _page_params(query: dict[str, list[str]]) -> tuple[int, int]:
         limit = int(query.get("limit", ["100"])[0])
         offset = int(query.get("pagination_token", ["0"])[0] or "0")
     except ValueError:
-        raise _Reply(400, "limit and pagination_token must be integers") from None
+        raise Reply(400, "limit and pagination_token must be integers") from None
     if not 1 <= limit <= 1000:
-        raise _Reply(400, "limit must be between 1 and 1000")
+        raise Reply(400, "limit must be between 1 and 1000")
     return limit, offset
 
 
@@ -103,39 +89,51 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/_emulator/"):
             self._admin(method, path, body)
             return
+        protocol, route = _protocol_and_route(path, config)
         if state.roll(config.drop_rate):
             state.log(method, path, 0)
             self.close_connection = True
             return
         if state.roll(config.rate_429):
             state.log(method, path, 429)
+            limited = "rate_limited" if protocol == "xai" else "rate_limit_exceeded"
             self._send_json(
                 429,
-                {"code": "rate_limited", "error": "Too many requests, slow down."},
+                error_body(protocol, 429, "Too many requests, slow down.", limited),
                 {"Retry-After": f"{config.retry_after_s:g}"},
             )
             return
         if state.roll(config.rate_500):
             state.log(method, path, 500)
-            self._send_json(500, {"code": "internal", "error": "Internal server error."})
+            internal = "internal" if protocol == "xai" else None
+            self._send_json(500, error_body(protocol, 500, "Internal server error.", internal))
             return
         if config.api_key is not None and self.headers.get("Authorization") != f"Bearer {config.api_key}":
             state.log(method, path, 401)
-            self._send_json(401, {"code": "unauthenticated", "error": "Incorrect API key."})
+            refused = "unauthenticated" if protocol == "xai" else "invalid_api_key"
+            self._send_json(401, error_body(protocol, 401, "Incorrect API key.", refused))
             return
         try:
-            status, payload = self._route(method, path, parse_qs(url.query), body)
-        except _Reply as reply:
+            if protocol == "openai":
+                content_type = self.headers.get("Content-Type", "")
+                status, payload = self.server.openai_routes.handle(
+                    method, route, parse_qs(url.query), body, content_type
+                )
+            else:
+                status, payload = self._route(method, route, parse_qs(url.query), body)
+        except Reply as reply:
             state.log(method, path, reply.status)
-            self._send_json(reply.status, {"code": reply.code, "error": reply.message})
+            self._send_json(
+                reply.status, error_body(protocol, reply.status, reply.message, reply.code, reply.param)
+            )
             return
         state.log(method, path, status)
-        if path == "/v1/batches" and method == "POST" and state.roll(config.drop_after_create_rate):
+        if route == "/v1/batches" and method == "POST" and state.roll(config.drop_after_create_rate):
             self.close_connection = True  # created, but the client never hears of it
             return
         if isinstance(payload, bytes):
             self._send_bytes(status, payload)
-        elif isinstance(payload, _RawJson):
+        elif isinstance(payload, RawJson):
             self._send_bytes(status, payload.encode("utf-8"), "application/json")
         else:
             self._send_json(status, payload)
@@ -144,8 +142,9 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         if path == "/_emulator/stats" and method == "GET":
             with state.lock:
-                log = [{"method": m, "path": p, "status": s} for m, p, s in state.request_log]
-            self._send_json(200, {"requests": log, "batches": len(state.batches)})
+                log = [entry._asdict() for entry in state.request_log]
+                counts = {"batches": len(state.batches), "openai_batches": len(state.openai.batches)}
+            self._send_json(200, {"requests": log, **counts})
         elif path == "/_emulator/config" and method == "POST":
             try:
                 state.configure(json.loads(body or b"{}"))
@@ -179,43 +178,32 @@ class _Handler(BaseHTTPRequestHandler):
         if match := _BATCH_ROUTE.match(path):
             batch = state.batches.get(match["id"])
             if batch is None:
-                raise _Reply(404, f"batch {match['id']} not found", "not_found")
+                raise Reply(404, f"batch {match['id']} not found", "not_found")
             return self._batch_route(method, batch, match["rest"], query, body)
         if path == "/v1/chat/completions" and method == "POST":
-            request = self._json(body)
+            request = json_object(body)
             if not isinstance(request.get("model"), str) or not request.get("messages"):
-                raise _Reply(400, "model and messages are required")
-            return 200, chat_completion(request, int(time.time()))
-        raise _Reply(404, f"no route {method} {path}", "not_found")
-
-    def _json(self, body: bytes) -> dict[str, Any]:
-        try:
-            value = json.loads(body or b"{}")
-        except ValueError:
-            raise _Reply(400, "body is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise _Reply(400, "body must be a JSON object")
-        return value
+                raise Reply(400, "model and messages are required")
+            config = state.config
+            return 200, chat_completion(
+                request,
+                int(state.clock()),
+                invalid_output_rate=config.invalid_output_rate,
+                seed=config.seed,
+            )
+        raise Reply(404, f"no route {method} {path}", "not_found")
 
     def _upload(self, body: bytes) -> dict[str, Any]:
         state = self.server.state
         content_type = self.headers.get("Content-Type", "")
-        if not content_type.startswith("multipart/form-data"):
-            raise _Reply(400, "upload must be multipart/form-data")
-        parts = _parse_multipart(content_type, body)
-        if "file" not in parts:
-            raise _Reply(400, "multipart field 'file' is required")
-        filename, content = parts["file"]
-        if len(content) > state.config.max_file_bytes:
-            raise _Reply(413, f"File is too large ({len(content)} bytes).")
-        purpose = parts["purpose"][1].decode() if "purpose" in parts else None
-        return state.add_file(filename or "upload.jsonl", purpose, content).as_json()
+        filename, purpose, content = read_upload(content_type, body, state.config.max_file_bytes)
+        return state.add_file(filename, purpose, content).as_json()
 
     def _file_route(self, method: str, file_id: str, rest: str | None) -> tuple[int, Any]:
         state = self.server.state
         record = state.files.get(file_id)
         if record is None:
-            raise _Reply(404, f"file {file_id} not found", "not_found")
+            raise Reply(404, f"file {file_id} not found", "not_found")
         if method == "GET" and rest == "/content":
             return 200, record.content
         if method == "GET" and rest is None:
@@ -224,17 +212,17 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.files.pop(file_id, None)
             return 200, {"id": file_id, "object": "file", "deleted": True}
-        raise _Reply(405, f"{method} not allowed here")
+        raise Reply(405, f"{method} not allowed here")
 
     def _create_batch(self, body: bytes) -> dict[str, Any]:
         state = self.server.state
-        request = self._json(body)
+        request = json_object(body)
         name = request.get("name")
         if not isinstance(name, str) or not name:
-            raise _Reply(400, "name is required")
+            raise Reply(400, "name is required")
         file_id = request.get("input_file_id")
         if file_id is not None and file_id not in state.files:
-            raise _Reply(404, f"file {file_id} not found", "not_found")
+            raise Reply(404, f"file {file_id} not found", "not_found")
         return state.batch_json(state.create_batch(name, file_id))
 
     def _batch_route(
@@ -257,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
             # A short page means the frontier of finished requests: the last page.
             token = state.config.last_page_token if len(results) < limit else str(next_offset)
             page = '{"results":[' + ",".join(results) + '],"pagination_token":' + json.dumps(token) + "}"
-            return 200, _RawJson(page)
+            return 200, RawJson(page)
         if method == "GET" and rest == "/requests":
             limit, offset = _page_params(query)
             items = state.request_states(batch)[offset : offset + limit]
@@ -268,9 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
             }
         if method == "POST" and rest == "/requests":
             if batch.input_file_id is not None:
-                raise _Reply(400, "File-based batches are sealed; requests cannot be added.")
-            raise _Reply(400, "Adding requests is not emulated; use the JSONL file flow.")
-        raise _Reply(405, f"{method} not allowed here")
+                raise Reply(400, "File-based batches are sealed; requests cannot be added.")
+            raise Reply(400, "Adding requests is not emulated; use the JSONL file flow.")
+        raise Reply(405, f"{method} not allowed here")
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
@@ -280,10 +268,12 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: ServiceState) -> None:
         super().__init__(address, _Handler)
         self.state = state
+        self.openai_routes = OpenAIRoutes(state)
 
 
 class RunningEmulator:
-    """An emulator serving in a background thread; `url` ends with /v1."""
+    """An emulator serving in a background thread; `url` ends with /v1 (xAI unless
+    config.protocol is "openai"), `openai_url` with /openai/v1 (always OpenAI)."""
 
     def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0):
         self.state = ServiceState(config or EmulatorConfig())
@@ -291,6 +281,10 @@ class RunningEmulator:
         self.host, self.port = str(self.httpd.server_address[0]), int(self.httpd.server_address[1])
         self.url = f"http://{self.host}:{self.port}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://{self.host}:{self.port}{OPENAI_PREFIX}/v1"
 
     @property
     def config(self) -> EmulatorConfig:
