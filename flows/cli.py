@@ -176,7 +176,16 @@ def run(
     id_column: Annotated[
         str | None, typer.Option(help="Column with unique row ids (else row position).")
     ] = None,
-    provider: Annotated[str | None, typer.Option(help="Batch protocol: xai.")] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="xai (default) or openai (any OpenAI-compatible Batch API).")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="batch (default), sync (chat completions now), or auto (sync for small tables)."),
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="API root, e.g. https://api.x.ai/v1 (default from the environment).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Job name (shown in Prefect and reports).")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Rounds per row, counting the first.")] = None,
     result_prefix: Annotated[str | None, typer.Option(help="Prefix for added columns, e.g. grok_.")] = None,
@@ -209,9 +218,14 @@ def run(
 
       grok-batch run reviews.csv --job reviews.job.yaml --param temperature=0
 
-    XAI_BASE_URL points it at another server speaking xAI's batch protocol (default
-    https://api.x.ai/v1). Rerunning the same command after a crash re-attaches to the
-    batches already submitted; nothing is paid twice.
+      grok-batch run small.csv --job reviews.job.yaml --mode sync    # answers in seconds
+
+      grok-batch run reviews.csv --job reviews.job.yaml --provider openai --model gpt-4.1-mini
+
+    XAI_BASE_URL (or OPENAI_BASE_URL, or --base-url) points it at another server speaking
+    the provider's protocol. Rerunning the same command after a crash re-attaches to the
+    batches already submitted (or, in sync mode, to the answers already received);
+    nothing is paid twice.
     """
     from flows.run_job import run_batch_job
     from tasks.job import build_job
@@ -224,6 +238,8 @@ def run(
             "params": _parse_params(param),
             "id_column": id_column,
             "provider": provider,
+            "mode": mode,
+            "base_url": base_url,
             "name": name,
             "max_attempts": max_attempts,
             "result_prefix": result_prefix,
@@ -344,6 +360,7 @@ def cancel(
     """
     from tasks.ledger import Ledger, default_ledger_url
     from tasks.providers.registry import make_provider
+    from tasks.runner import handle_for
 
     ledger = Ledger(default_ledger_url(data_dir))
     runs = ledger.find_runs(run_key)
@@ -351,7 +368,8 @@ def cancel(
         _fail(GrokBatchError(f"run {run_key!r} matches {len(runs)} runs"))
     ledger.update_run(runs[0]["run_key"], cancel_requested=True)  # no new batches or rounds from now
     try:
-        provider = make_provider(runs[0]["provider"])
+        job = handle_for(ledger, runs[0]["run_key"]).job
+        provider = make_provider(job.provider, job.base_url)
         cancelled = 0
         for b in ledger.batches(runs[0]["run_key"]):
             if b.batch_id and b.step == "created":

@@ -38,7 +38,9 @@ def collect_pending(data_dir: str = "data", inbox_dir: str | None = None) -> dic
                 continue
             try:
                 handle = runner.handle_for(ledger, key)
-                progress = advance_with_tasks(ledger, make_provider(handle.job.provider), handle)
+                progress = advance_with_tasks(
+                    ledger, make_provider(handle.job.provider, handle.job.base_url), handle
+                )
                 create_progress_artifact(
                     progress=100.0 * progress.fraction,
                     key=f"grok-batch-progress-{key}",

@@ -22,7 +22,15 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from flows.stages import collect_task, join_task, poll_task, prepare_task, reconcile_task, submit_task
+from flows.stages import (
+    answer_task,
+    collect_task,
+    join_task,
+    poll_task,
+    prepare_task,
+    reconcile_task,
+    submit_task,
+)
 from tasks import runner
 from tasks.errors import GrokBatchError
 from tasks.job import JobSpec
@@ -48,7 +56,7 @@ def _flow_run_name() -> str:
 
 
 TASK_STAGES = runner.Stages(
-    submit=submit_task, poll=poll_task, collect=collect_task, reconcile=reconcile_task
+    submit=submit_task, poll=poll_task, collect=collect_task, reconcile=reconcile_task, answer=answer_task
 )
 
 
@@ -102,12 +110,17 @@ def run_batch_job(
     try:
         handle = prepare_task(source, job, data_root / "runs", ledger, output_path, overwrite)
         try:
-            provider = make_provider(job.provider)
+            provider = make_provider(job.provider, job.base_url)
         except BaseException:
             ledger.release(handle.run_key, this_holder())
             raise
         logger.info(
-            "run %s: %s rows, %s shard(s)", handle.run_key, handle.plan.total_rows, len(handle.plan.shards)
+            "run %s: %s rows, %s shard(s), mode %s%s",
+            handle.run_key,
+            handle.plan.total_rows,
+            len(handle.plan.shards),
+            handle.plan.mode,
+            f" (auto: sync up to {job.auto_sync_max_rows} rows)" if job.mode == "auto" else "",
         )
         policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
         return _drive(ledger, provider, handle, output_path, overwrite, policy)
@@ -138,7 +151,7 @@ def resume_batch_job(
         handle = runner.handle_for(ledger, matches[0]["run_key"])
         output_path = Path(output or matches[0]["output_path"])
         runner.check_output_path(output_path, overwrite)
-        provider = make_provider(handle.job.provider)
+        provider = make_provider(handle.job.provider, handle.job.base_url)
         ledger.claim(handle.run_key, this_holder(), runner.LEASE_S)
         policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
         return _drive(ledger, provider, handle, output_path, overwrite, policy)
@@ -186,10 +199,12 @@ def _drive(
                 listener(progress)
             if progress.complete:
                 break
-            if not policy.wait or time.monotonic() >= deadline:
+            if (not policy.wait and handle.plan.mode != "sync") or time.monotonic() >= deadline:
                 return {"run_key": handle.run_key, "state": "pending", "progress": progress.__dict__}
             if progress.round_no != last_round:
                 interval, last_round = policy.poll_interval_s, progress.round_no
+            if handle.plan.mode == "sync":
+                continue  # each pass did real work for a bounded time: nothing to wait for
             time.sleep(interval)
             interval = min(interval * 1.5, policy.max_poll_interval_s)
             ledger.claim(handle.run_key, holder, runner.LEASE_S)  # renew the lease while we work

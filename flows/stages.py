@@ -50,6 +50,11 @@ def collect_task(ledger: Ledger, provider: BatchProvider, handle: runner.RunHand
     return runner.collect_finished(ledger, provider, handle)
 
 
+@task(name="answer-sync", cache_policy=NO_CACHE)
+def answer_task(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle) -> int:
+    return runner.answer_sync(ledger, provider, handle)
+
+
 @task(name="reconcile", cache_policy=NO_CACHE)
 def reconcile_task(ledger: Ledger, handle: runner.RunHandle) -> bool:
     return runner.reconcile(ledger, handle)

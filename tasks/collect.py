@@ -4,7 +4,7 @@ record for every request the shard held, so no row can go silently missing."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ def missing_outcome(state: BatchState, message: str | None) -> tuple[str, str, b
 _RECORD_FIELDS = [f for f in RESULT_SCHEMA if f.name not in ("batch_id", "round")]
 
 
-def _records_table(records: list[dict[str, Any]], batch_id: str | None, round_no: int) -> pa.Table:
+def records_table(records: list[dict[str, Any]], batch_id: str | None, round_no: int) -> pa.Table:
     """Column by column (Table.from_pylist costs ~25 us a row; this a few)."""
     columns = {f.name: pa.array([r.get(f.name) for r in records], type=f.type) for f in _RECORD_FIELDS}
     columns["batch_id"] = pa.array([batch_id] * len(records), type=pa.string())
@@ -67,6 +67,19 @@ def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Pa
     """Write the batch's results file (atomically); rerunning it rewrites the same file.
     A shard of a cancelled run that was never sent (no batch_id) gets its outcomes too."""
     assert row.state is not None
+    sent = row.state != BatchState.REJECTED and row.batch_id is not None
+    pages = provider.iter_results(row.batch_id) if sent and row.batch_id else iter(())
+    status, error, retryable = missing_outcome(BatchState(row.state), row.message)
+    if row.batch_id is None:
+        error = "the run was cancelled before this request was sent"
+    return write_results(paths, row, pages, (status, error, retryable))
+
+
+def write_results(
+    paths: RunPaths, row: BatchRow, pages: Iterable[list[dict[str, Any]]], missing: tuple[str, str, bool]
+) -> Path:
+    """results/<batch>.parquet from pages of records: the first record per member of the
+    shard, and the `missing` (status, error, retryable) outcome for members without one."""
     members = shard_members(paths, row.round_no, row.shard_no)
     wanted = set(members.to_pylist())
     seen: set[str] = set()
@@ -74,22 +87,19 @@ def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".parquet.partial")
     with pq.ParquetWriter(partial, RESULT_SCHEMA) as writer:
-        if row.state != BatchState.REJECTED and row.batch_id is not None:
-            for page in provider.iter_results(row.batch_id):
-                fresh = [r for r in page if r["custom_id"] in wanted and r["custom_id"] not in seen]
-                seen.update(r["custom_id"] for r in fresh)
-                if fresh:
-                    writer.write_table(_records_table(fresh, row.batch_id, row.round_no))
-                crashpoint(WHILE_COLLECTING)
-        missing = pc.filter(members, pc.invert(pc.is_in(members, pa.array(list(seen), pa.string()))))
-        if len(missing):
-            status, error, retryable = missing_outcome(BatchState(row.state), row.message)
-            if row.batch_id is None:
-                error = "the run was cancelled before this request was sent"
+        for page in pages:
+            fresh = [r for r in page if r["custom_id"] in wanted and r["custom_id"] not in seen]
+            seen.update(r["custom_id"] for r in fresh)
+            if fresh:
+                writer.write_table(records_table(fresh, row.batch_id, row.round_no))
+            crashpoint(WHILE_COLLECTING)
+        absent = pc.filter(members, pc.invert(pc.is_in(members, pa.array(list(seen), pa.string()))))
+        if len(absent):
+            status, error, retryable = missing
             records = [
                 {"custom_id": cid, "status": status, "error": error, "retryable": retryable}
-                for cid in missing.to_pylist()
+                for cid in absent.to_pylist()
             ]
-            writer.write_table(_records_table(records, row.batch_id, row.round_no))
+            writer.write_table(records_table(records, row.batch_id, row.round_no))
     partial.replace(target)
     return target

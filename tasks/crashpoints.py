@@ -14,6 +14,7 @@ AFTER_CREATE = "after_create"  # the batch exists but the ledger has not heard o
 WHILE_POLLING = "while_polling"
 WHILE_COLLECTING = "while_collecting"
 WHILE_JOINING = "while_joining"
+AFTER_SYNC_ANSWER = "after_sync_answer"  # mode sync: an answer is journaled, more to come
 
 
 def crashpoint(name: str) -> None:

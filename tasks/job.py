@@ -23,6 +23,14 @@ _RESERVED_PARAMS = {
 # xAI caps a file at 50,000 requests; the Files API at 48-50 MB (reference §1.1, §3).
 MAX_SHARD_LINES = 50_000
 DEFAULT_SHARD_BYTES = 45 * 1024 * 1024
+_NOT_FINGERPRINTED = {
+    "output",
+    "name",
+    "auto_sync_max_rows",
+    "sync_concurrency",
+    "sync_requests_per_minute",
+    "sync_tokens_per_minute",
+}
 
 
 class JobSpec(BaseModel):
@@ -36,7 +44,15 @@ class JobSpec(BaseModel):
     prompt: str = Field(min_length=1, description="Template with {{ column }} placeholders")
     params: dict[str, Any] = Field(default_factory=dict)
     id_column: str | None = None
-    provider: Literal["xai"] = "xai"
+    provider: Literal["xai", "openai"] = "xai"
+    base_url: str | None = Field(
+        default=None, description="The provider's API root; default from XAI_BASE_URL / OPENAI_BASE_URL"
+    )
+    mode: Literal["batch", "sync", "auto"] = "batch"
+    auto_sync_max_rows: int = Field(default=500, ge=0, description="mode auto: sync up to this many rows")
+    sync_concurrency: int = Field(default=8, ge=1, le=256)
+    sync_requests_per_minute: int = Field(default=300, ge=1)
+    sync_tokens_per_minute: int = Field(default=1_000_000, ge=1)
     output: str | None = None
     max_attempts: int = Field(default=3, ge=1, le=10)
     shard_max_lines: int = Field(default=MAX_SHARD_LINES, ge=1, le=MAX_SHARD_LINES)
@@ -61,9 +77,24 @@ class JobSpec(BaseModel):
     def template(self) -> PromptTemplate:
         return PromptTemplate(self.prompt)
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/") if value else value
+
+    def resolve_mode(self, sendable_rows: int) -> Literal["batch", "sync"]:
+        """`auto` sends small tables synchronously (answers in seconds, standard prices)
+        and large ones as batches (cheaper where discounted, no rate limits)."""
+        if self.mode == "auto":
+            return "sync" if sendable_rows <= self.auto_sync_max_rows else "batch"
+        return self.mode
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes the requests sent (not where output goes)."""
-        relevant = self.model_dump(exclude={"output", "name"})
+        """Hash of everything that changes the requests sent or how (not where output
+        goes, nor client-side pacing, which may be tuned on a rerun)."""
+        relevant = self.model_dump(exclude=_NOT_FINGERPRINTED)
         canonical = json.dumps(relevant, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

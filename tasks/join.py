@@ -113,6 +113,7 @@ class _Outcomes:
             custom_id=ids,
             status=status,
             error=pc.if_else(rejected, manifest.column("reject_reason"), picked.column("error")),
+            cost_usd=picked.column("service_cost_usd"),
             attempts=pc.if_else(
                 rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32())
             ),

@@ -286,6 +286,7 @@ def _write_staged(
         total_rows=total,
         rejected_rows=rejected,
         encoding=source.encoding,
+        mode=job.resolve_mode(total - rejected),
         shards=[
             ShardInfo(s.round_no, s.shard_no, str(paths.shard(s.round_no, s.shard_no)), s.lines, s.bytes)
             for s in shards

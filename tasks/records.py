@@ -35,7 +35,7 @@ RESULT_SCHEMA = pa.schema(
         ("completion_tokens", pa.int64()),
         ("reasoning_tokens", pa.int64()),
         ("cached_tokens", pa.int64()),
-        ("cost_usd", pa.float64()),
+        ("service_cost_usd", pa.float64()),  # what the service says it charged, where it says
         ("batch_id", pa.string()),
         ("error", pa.string()),
         ("retryable", pa.bool_()),  # worth sending again in a follow-up round
@@ -55,8 +55,9 @@ OUTPUT_RESULT_COLUMNS = [
     "reasoning_tokens",
     "cached_tokens",
     "cost_usd",
+    "service_cost_usd",
     "attempts",
     "batch_id",
     "error",
 ]
-RESULT_TYPES = {**{f.name: f.type for f in RESULT_SCHEMA}, "attempts": pa.int32()}
+RESULT_TYPES = {**{f.name: f.type for f in RESULT_SCHEMA}, "cost_usd": pa.float64(), "attempts": pa.int32()}

@@ -55,6 +55,10 @@ class RunPaths:
     def results(self, batch_name: str) -> Path:
         return self.results_dir / f"{batch_name}.parquet"
 
+    def journal(self, batch_name: str) -> Path:
+        """mode sync: answers as they arrive, one JSON record per line."""
+        return self.run_dir / "answers" / f"{batch_name}.jsonl"
+
 
 @dataclass(frozen=True)
 class ShardInfo:
@@ -77,6 +81,7 @@ class RunPlan:
     rejected_rows: int
     shards: list[ShardInfo] = field(default_factory=list)
     encoding: str = "utf-8"  # how the input text is read; the join reads it the same way
+    mode: str = "batch"  # batch | sync: the job's mode, with `auto` resolved by the row count
 
     def save(self, paths: RunPaths) -> None:
         tmp = paths.plan.with_suffix(".json.tmp")

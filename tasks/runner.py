@@ -22,10 +22,12 @@ from tasks.ledger import BatchRow, Ledger, this_holder
 from tasks.poll import poll_open
 from tasks.prepare import prepare_run
 from tasks.providers.base import BatchProvider, BatchState
+from tasks.providers.sdk import SdkProvider
 from tasks.reconcile import plan_follow_up
 from tasks.report import RunSummary, render_markdown, summarize
 from tasks.run_layout import RunPaths, RunPlan, run_key
 from tasks.submit import submit_planned
+from tasks.sync_run import SyncLimits, answer_planned
 from tasks.table_io import TableSource, file_sha256
 
 logger = logging.getLogger("grok_batch")
@@ -222,6 +224,23 @@ class Stages:
     poll: StageCall
     collect: StageCall
     reconcile: Callable[[Ledger, RunHandle], object]
+    answer: StageCall  # mode sync: in place of submit, poll and collect
+
+
+SYNC_SLICE_S = 20.0  # a sync pass returns this often, so drivers can show progress
+
+
+def sync_limits(job: JobSpec) -> SyncLimits:
+    return SyncLimits(job.sync_concurrency, job.sync_requests_per_minute, job.sync_tokens_per_minute)
+
+
+def answer_sync(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
+    if not isinstance(provider, SdkProvider):
+        raise GrokBatchError(f"mode sync needs an HTTP provider, not {type(provider).__name__}")
+    limits = sync_limits(handle.job)
+    return answer_planned(
+        ledger, provider, handle.run_key, handle.paths, limits, budget_s=SYNC_SLICE_S, lease_s=LEASE_S
+    )
 
 
 PLAIN_STAGES = Stages(
@@ -229,6 +248,7 @@ PLAIN_STAGES = Stages(
     poll=lambda ledger, provider, handle: poll_open(ledger, provider, handle.run_key),
     collect=collect_finished,
     reconcile=reconcile,
+    answer=answer_sync,
 )
 
 
@@ -256,6 +276,13 @@ def advance(
     """One idempotent pass: submit what is planned, poll, collect, reconcile; a stage runs
     only when it has work (so a flow records no empty task runs)."""
     rows = ledger.batches(handle.run_key)
+    if handle.plan.mode == "sync":
+        if any(r.step != "collected" for r in rows):
+            stages.answer(ledger, provider, handle)
+            rows = ledger.batches(handle.run_key)
+        if all(r.step == "collected" for r in rows):
+            stages.reconcile(ledger, handle)
+        return progress_of(ledger, handle)
     if any(r.batch_id is None and r.step != "created" for r in rows):
         if (ledger.run(handle.run_key) or {}).get("cancel_requested"):
             close_unsent(ledger, provider, handle)

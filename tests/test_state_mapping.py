@@ -76,7 +76,7 @@ def test_success_result_is_normalized() -> None:
     assert record == {
         "custom_id": "r1", "status": "succeeded", "retryable": False, "response": "303",
         "finish_reason": "stop", "model": "grok-4.3", "prompt_tokens": 706, "completion_tokens": 22,
-        "reasoning_tokens": 99, "cached_tokens": 679, "cost_usd": pytest.approx(0.0012345),
+        "reasoning_tokens": 99, "cached_tokens": 679, "service_cost_usd": pytest.approx(0.0012345),
     }  # fmt: skip
 
 

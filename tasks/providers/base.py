@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 class BatchState(StrEnum):
@@ -39,13 +39,13 @@ class BatchStatus:
 @dataclass(frozen=True)
 class BatchRef:
     batch_id: str
-    name: str
+    name: ClassVar[str]
 
 
 class BatchProvider(Protocol):
     """Upload a shard, create/find/poll/cancel a batch, and page its normalized results."""
 
-    name: str
+    name: ClassVar[str]
 
     def upload(self, shard_path: Path) -> str: ...
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from tasks.errors import JobSpecError
-from tasks.providers.base import BatchProvider
+from tasks.providers.openai_compat import OpenAIBatchProvider
+from tasks.providers.sdk import SdkProvider
 from tasks.providers.xai import XaiProvider
 
+PROVIDERS: dict[str, type[SdkProvider]] = {"xai": XaiProvider, "openai": OpenAIBatchProvider}
 
-def make_provider(name: str) -> BatchProvider:
-    if name == "xai":
-        return XaiProvider()
-    raise JobSpecError(f"field `provider`: unknown provider {name!r} (known: xai)")
+
+def make_provider(name: str, base_url: str | None = None) -> SdkProvider:
+    """The provider's client; `base_url` (from the job) wins over its environment variable."""
+    try:
+        return PROVIDERS[name](base_url)
+    except KeyError:
+        raise JobSpecError(
+            f"field `provider`: unknown provider {name!r} (known: {', '.join(PROVIDERS)})"
+        ) from None

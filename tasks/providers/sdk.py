@@ -1,0 +1,136 @@
+"""What every provider shares: an openai SDK client on the provider's base URL, error
+mapping, uploads, and creating a batch exactly once.
+
+The SDK retries 408/409/429/5xx and dropped connections with backoff that honours
+Retry-After; batch creation is the exception (see `create_once`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import openai
+import orjson
+
+from tasks.errors import ProviderError
+from tasks.providers.base import BatchStatus
+from tasks.providers.completion import error_text
+from tasks.secrets import resolve_api_key
+
+
+class SdkProvider:
+    """Base of the providers: subclasses name their env variables, Secret block and default URL."""
+
+    name: ClassVar[str]
+    base_url_env: ClassVar[str]
+    api_key_env: ClassVar[str]
+    secret_block: ClassVar[str]
+    default_base_url: ClassVar[str]
+    reasoning_in_completion: ClassVar[bool]  # does usage.completion_tokens include reasoning?
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        max_retries: int = 8,
+        timeout_s: float = 120.0,
+        create_attempts: int = 8,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get(self.base_url_env) or self.default_base_url).rstrip("/")
+        self.client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or resolve_api_key(self.api_key_env, self.secret_block),
+            max_retries=max_retries,
+            timeout=timeout_s,
+        )
+        self._create_attempts = create_attempts
+        self._sleep = sleep
+
+    def _call(self, what: str, request: Callable[[], Any]) -> Any:
+        try:
+            return request()
+        except openai.APIStatusError as exc:
+            raise ProviderError(f"{what} failed: HTTP {exc.status_code}: {status_text(exc)}") from None
+        except openai.APIConnectionError as exc:
+            raise ProviderError(f"{what} failed: cannot reach {self.base_url} ({exc})") from None
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        # Bytes + orjson: result pages are large, and the SDK's json decoding costs ~4x more.
+        return orjson.loads(self.client.get(path, cast_to=bytes, options={"params": params or {}}))
+
+    def upload(self, shard_path: Path) -> str:
+        with shard_path.open("rb") as handle:
+            created = self._call(
+                f"uploading {shard_path.name}",
+                lambda: self.client.files.create(file=(shard_path.name, handle), purpose="batch"),
+            )
+        return str(created.id)
+
+    def delete_file(self, file_id: str) -> None:
+        """Uploaded request files are billed for storage; drop each once its batch is collected."""
+        self._call(f"deleting file {file_id}", lambda: self.client.files.delete(file_id))
+
+    # -- the protocol-specific part (providers.base.BatchProvider) -------------------
+    def create_batch(self, name: str, file_id: str) -> str:
+        raise NotImplementedError
+
+    def find_batch(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def get_status(self, batch_id: str) -> BatchStatus:
+        raise NotImplementedError
+
+    def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
+        raise NotImplementedError
+
+    def cancel(self, batch_id: str) -> None:
+        raise NotImplementedError
+
+    def create_once(
+        self, name: str, post: Callable[[], str], throttle: Callable[[], None] | None = None
+    ) -> str:
+        """Create a batch once: a lost reply may hide a created batch, so look it up by
+        name before every retry instead of letting the SDK resend the POST (`post` must
+        send with max_retries=0)."""
+        last_error = ""
+        for attempt in range(self._create_attempts):
+            if throttle is not None:
+                throttle()
+            try:
+                return post()
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+                last_error = status_text(exc) if isinstance(exc, openai.APIStatusError) else str(exc)
+                self._sleep(retry_delay(exc, attempt))  # first: give a lagging listing time to show it
+                found = self.find_batch(name)
+                if found is not None:
+                    return found
+            except openai.APIStatusError as exc:
+                raise ProviderError(
+                    f"creating batch {name} failed: HTTP {exc.status_code}: {status_text(exc)}"
+                ) from None
+        raise ProviderError(f"creating batch {name} failed after {self._create_attempts} tries: {last_error}")
+
+
+def status_text(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        return error_text(body.get("error", body))[0]
+    return str(body or exc.message)
+
+
+def retry_delay(exc: Exception, attempt: int, cap_s: float = 8.0) -> float:
+    """The service's Retry-After when it gives a sane one, else exponential backoff."""
+    if isinstance(exc, openai.APIStatusError):
+        header = exc.response.headers.get("retry-after")
+        try:
+            if header is not None and 0 <= float(header) <= 120:
+                return float(header)
+        except ValueError:
+            pass
+    return float(min(0.5 * 2**attempt, cap_s))

@@ -1,0 +1,222 @@
+"""mode sync: a shard's requests through /v1/chat/completions, concurrently and paced.
+
+Every answer is appended to the shard's journal (one JSON record per line, flushed) the
+moment it arrives, so a rerun after a crash sends only the requests the journal lacks:
+rows already answered are never paid for again. (A request in flight at the instant of
+a hard kill may have been answered without being journaled; at most `concurrency` of
+them, and no sync API offers an idempotency key to avoid it.)
+When the shard is done, the journal becomes results/<batch>.parquet, exactly like a
+collected batch, so reconcile, follow-up rounds and the join do not know the difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+
+from tasks.collect import write_results
+from tasks.crashpoints import AFTER_SYNC_ANSWER, crashpoint
+from tasks.errors import ProviderError
+from tasks.ledger import Ledger, this_holder
+from tasks.providers.base import BatchState
+from tasks.providers.completion import completion_fields
+from tasks.providers.sdk import SdkProvider, retry_delay, status_text
+from tasks.ratelimit import RateLimiter
+from tasks.records import CANCELLED, FAILED
+from tasks.run_layout import RunPaths
+
+logger = logging.getLogger("grok_batch")
+DEFAULT_MAX_OUTPUT_TOKENS = 256  # assumed answer size for pacing when the job sets no max_tokens
+_TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+_FATAL = (openai.AuthenticationError, openai.PermissionDeniedError)  # every row would fail alike
+
+
+@dataclass(frozen=True)
+class SyncLimits:
+    concurrency: int = 8
+    requests_per_minute: int = 300
+    tokens_per_minute: int = 1_000_000
+    max_tries: int = 6
+    max_retry_wait_s: float = 60.0
+
+
+def estimated_tokens(line: bytes, body: dict[str, Any]) -> int:
+    """Prompt (~4 bytes a token) plus the answer budget: what a tokens-per-minute limit counts."""
+    budget = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_OUTPUT_TOKENS
+    return len(line) // 4 + int(budget)
+
+
+def read_journal(path: Path) -> dict[str, dict[str, Any]]:
+    """custom_id -> record for every complete line; a line torn by a crash is ignored."""
+    records: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return records
+    with path.open("rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # the last write was cut short
+            record = orjson.loads(line)
+            records[record["custom_id"]] = record
+    return records
+
+
+def _requests(shard_path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    with shard_path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield line, orjson.loads(line)
+
+
+class _Asker:
+    """Sends one request with pacing and retries; returns its normalized record fields."""
+
+    def __init__(self, provider: SdkProvider, limits: SyncLimits, limiter: RateLimiter) -> None:
+        self.client = provider.client.with_options(max_retries=0)  # retries are paced here
+        self.reasoning_in_completion = provider.reasoning_in_completion
+        self.limits, self.limiter = limits, limiter
+
+    def __call__(self, line: bytes, request: dict[str, Any]) -> dict[str, Any]:
+        body = request["body"]
+        tokens = estimated_tokens(line, body)
+        last_error = ""
+        for attempt in range(self.limits.max_tries):
+            self.limiter.acquire(tokens)
+            try:
+                raw = self.client.post("/chat/completions", cast_to=bytes, body=body)
+                return completion_fields(
+                    orjson.loads(raw), reasoning_in_completion=self.reasoning_in_completion
+                )
+            except _FATAL as exc:
+                raise ProviderError(
+                    f"chat completion refused: HTTP {exc.status_code}: {status_text(exc)}"
+                ) from None
+            except _TRANSIENT as exc:
+                last_error = status_text(exc) if isinstance(exc, openai.APIStatusError) else str(exc)
+                delay = retry_delay(exc, attempt, cap_s=self.limits.max_retry_wait_s)
+                if isinstance(exc, openai.RateLimitError):
+                    self.limiter.pause(delay)  # the limit is shared: every worker waits
+                else:
+                    time.sleep(delay)
+            except openai.APIStatusError as exc:  # 4xx: this request itself is refused
+                return {
+                    "status": FAILED,
+                    "error": f"HTTP {exc.status_code}: {status_text(exc)}",
+                    "retryable": False,
+                }
+        return {
+            "status": FAILED,
+            "error": f"no answer after {self.limits.max_tries} tries: {last_error}",
+            "retryable": True,
+        }
+
+
+def answer_shard(
+    provider: SdkProvider,
+    shard_path: Path,
+    journal_path: Path,
+    limits: SyncLimits,
+    limiter: RateLimiter,
+    *,
+    heartbeat: Callable[[int], bool],
+    heartbeat_s: float = 5.0,
+    budget_s: float | None = None,
+) -> bool:
+    """Answer the shard's requests that the journal lacks. `heartbeat(answered)` runs every
+    few seconds and returns False to stop sending (the run was cancelled). Returns True
+    when every request of the shard has its record, False when stopped or out of budget."""
+    answered = set(read_journal(journal_path))
+    ask = _Asker(provider, limits, limiter)
+    started = last_beat = time.monotonic()
+    stopped = exhausted = False
+    pending: dict[Future[dict[str, Any]], str] = {}
+    todo = ((line, req) for line, req in _requests(shard_path) if req["custom_id"] not in answered)
+    with journal_path.open("ab") as journal, ThreadPoolExecutor(limits.concurrency, "sync") as pool:
+        try:
+            while True:
+                while not stopped and not exhausted and len(pending) < 2 * limits.concurrency:
+                    item = next(todo, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    pending[pool.submit(ask, *item)] = item[1]["custom_id"]
+                if not pending:
+                    break
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    custom_id = pending.pop(future)
+                    record = {"custom_id": custom_id, **future.result()}
+                    journal.write(orjson.dumps(record) + b"\n")
+                    journal.flush()  # in the OS's hands: survives a killed process
+                    answered.add(custom_id)
+                    crashpoint(AFTER_SYNC_ANSWER)
+                now = time.monotonic()
+                if now - last_beat >= heartbeat_s:
+                    last_beat = now
+                    stopped = stopped or not heartbeat(len(answered))
+                if budget_s is not None and now - started >= budget_s:
+                    stopped = True
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    heartbeat(len(answered))
+    return exhausted
+
+
+def answer_planned(
+    ledger: Ledger,
+    provider: SdkProvider,
+    run_key: str,
+    paths: RunPaths,
+    limits: SyncLimits,
+    *,
+    budget_s: float | None = None,
+    lease_s: float = 300.0,
+) -> int:
+    """The sync stage: answer every shard not yet collected, in order, within `budget_s`
+    (so a driver can show progress between calls). Returns the shards completed."""
+    limiter = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
+    holder = this_holder()
+    started = time.monotonic()
+    completed = 0
+    for row in ledger.batches(run_key):
+        if row.step == "collected":
+            continue
+        remaining = None if budget_s is None else budget_s - (time.monotonic() - started)
+        if remaining is not None and remaining <= 0:
+            break
+        ledger.claim(run_key, holder, lease_s)
+        ledger.update_batch(row.batch_name, step="answering", state=BatchState.RUNNING)
+        journal = paths.journal(row.batch_name)
+        journal.parent.mkdir(parents=True, exist_ok=True)
+
+        def heartbeat(answered: int, name: str = row.batch_name) -> bool:
+            ledger.claim(run_key, holder, lease_s)  # also stops us if another driver took over
+            ledger.update_batch(name, finished=answered)
+            return not (ledger.run(run_key) or {}).get("cancel_requested")
+
+        cancelled = bool((ledger.run(run_key) or {}).get("cancel_requested"))
+        done = cancelled or answer_shard(
+            provider, Path(row.shard_path), journal, limits, limiter, heartbeat=heartbeat, budget_s=remaining
+        )
+        cancelled = bool((ledger.run(run_key) or {}).get("cancel_requested"))
+        if not done and not cancelled:
+            break  # out of budget: the next call goes on from the journal
+        outcome = BatchState.CANCELLED if cancelled and not done else BatchState.DONE
+        missing = (
+            (CANCELLED, "the run was cancelled before this request was sent", False)
+            if outcome == BatchState.CANCELLED
+            else (FAILED, "no answer was recorded for this request", True)
+        )
+        write_results(paths, row, [list(read_journal(journal).values())], missing)
+        ledger.update_batch(row.batch_name, step="collected", state=outcome, finished=row.lines)
+        completed += 1
+    return completed
