@@ -193,6 +193,18 @@ def run(
         int | None, typer.Option(help="Requests per batch file (at most 50,000).")
     ] = None,
     shard_max_bytes: Annotated[int | None, typer.Option(help="Bytes per batch file (default 45 MB).")] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="Refuse to submit when the estimated cost is above this.")
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Model catalog YAML with prices (default: the built-in one).")
+    ] = None,
+    cache: Annotated[
+        bool, typer.Option(help="Reuse answers to identical requests; --no-cache forces fresh answers.")
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option(help="Prepare and print the estimate (rows, tokens, cost); send nothing.")
+    ] = False,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Output .parquet (default DATA_DIR/outbox/INPUT.parquet)."),
@@ -245,11 +257,17 @@ def run(
             "result_prefix": result_prefix,
             "shard_max_lines": shard_max_lines,
             "shard_max_bytes": shard_max_bytes,
+            "max_cost_usd": max_cost_usd,
+            "catalog": str(catalog) if catalog else None,
+            "cache": None if cache else False,
             "output": str(output) if output else None,
         }
         spec = build_job(job_file, overrides)
     except GrokBatchError as exc:
         _fail(exc)
+    if dry_run:
+        _print_estimate(input_path, spec, data_dir, encoding)
+        return
     _run_and_show(
         lambda: run_batch_job(
             input_path=str(input_path),
@@ -264,6 +282,62 @@ def run(
         ),
         data_dir,
     )
+
+
+def _print_estimate(input_path: Path, spec: Any, data_dir: Path, encoding: str) -> None:
+    from tasks.runner import dry_run
+    from tasks.table_io import TableSource
+
+    try:
+        estimate = dry_run(TableSource(input_path, encoding=encoding), spec, data_dir / "runs")
+    except GrokBatchError as exc:
+        _fail(exc)
+    console.print(f"[bold]Estimate for {input_path.name}[/] (nothing was sent)")
+    for line in estimate.lines():
+        console.print(f"  {line}")
+    if spec.max_cost_usd is not None:
+        cost = estimate.cost_usd
+        verdict = "within" if cost is not None and cost <= spec.max_cost_usd else "ABOVE"
+        console.print(f"  budget max_cost_usd ${spec.max_cost_usd:,.4f}: the estimate is {verdict} it")
+
+
+@app.command()
+def estimate(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A .csv or .parquet table.")],
+    job_file: Annotated[Path | None, typer.Option("--job", "-j", help="Job YAML; flags override it.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model, e.g. grok-4.3.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Template with {{ column }} placeholders.")] = None,
+    mode: Annotated[str | None, typer.Option(help="batch, sync or auto.")] = None,
+    provider: Annotated[str | None, typer.Option(help="xai or openai.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Request field KEY=VALUE (repeatable).")
+    ] = None,
+    max_cost_usd: Annotated[float | None, typer.Option(help="Say whether the estimate fits.")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="Model catalog YAML with prices.")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input.")] = "utf-8",
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Rows, estimated input and output tokens, and the cost at batch and at standard
+    prices; nothing is uploaded. Same as `run --dry-run`.
+
+    Example:  grok-batch estimate data/samples/reviews.csv --job data/samples/reviews.job.yaml
+    """
+    from tasks.job import build_job
+
+    overrides = {
+        "model": model,
+        "prompt": prompt,
+        "mode": mode,
+        "provider": provider,
+        "params": _parse_params(param),
+        "max_cost_usd": max_cost_usd,
+        "catalog": str(catalog) if catalog else None,
+    }
+    try:
+        spec = build_job(job_file, overrides)
+    except GrokBatchError as exc:
+        _fail(exc)
+    _print_estimate(input_path, spec, data_dir, encoding)
 
 
 @app.command()

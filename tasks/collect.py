@@ -4,7 +4,7 @@ record for every request the shard held, so no row can go silently missing."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from tasks.crashpoints import WHILE_COLLECTING, crashpoint
 from tasks.ledger import BatchRow
 from tasks.providers.base import BatchProvider, BatchState
-from tasks.records import CANCELLED, EXPIRED, FAILED, RESULT_SCHEMA
+from tasks.records import CANCELLED, EXPIRED, FAILED, INVALID_OUTPUT, RESULT_SCHEMA, SUCCEEDED
 from tasks.run_layout import RunPaths
+from tasks.structured import check_answer
 
 
 @contextmanager
@@ -63,7 +64,28 @@ def records_table(records: list[dict[str, Any]], batch_id: str | None, round_no:
     return pa.table({f.name: columns[f.name] for f in RESULT_SCHEMA})
 
 
-def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Path:
+AnswerCheck = Callable[[dict[str, Any]], None]
+
+
+def answer_checker(schema: dict[str, Any] | None, retry: bool) -> AnswerCheck | None:
+    """For structured jobs: turn a succeeded record whose answer does not fit the schema (or
+    was cut off) into `invalid_output`, keeping the raw text; retried if the job says so."""
+    if schema is None:
+        return None
+
+    def check(record: dict[str, Any]) -> None:
+        if record["status"] != SUCCEEDED:
+            return
+        reason = check_answer(record.get("response"), record.get("finish_reason"), schema)
+        if reason is not None:
+            record.update(status=INVALID_OUTPUT, error=reason, retryable=retry)
+
+    return check
+
+
+def collect_batch(
+    provider: BatchProvider, paths: RunPaths, row: BatchRow, check: AnswerCheck | None = None
+) -> Path:
     """Write the batch's results file (atomically); rerunning it rewrites the same file.
     A shard of a cancelled run that was never sent (no batch_id) gets its outcomes too."""
     assert row.state is not None
@@ -72,11 +94,15 @@ def collect_batch(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> Pa
     status, error, retryable = missing_outcome(BatchState(row.state), row.message)
     if row.batch_id is None:
         error = "the run was cancelled before this request was sent"
-    return write_results(paths, row, pages, (status, error, retryable))
+    return write_results(paths, row, pages, (status, error, retryable), check)
 
 
 def write_results(
-    paths: RunPaths, row: BatchRow, pages: Iterable[list[dict[str, Any]]], missing: tuple[str, str, bool]
+    paths: RunPaths,
+    row: BatchRow,
+    pages: Iterable[list[dict[str, Any]]],
+    missing: tuple[str, str, bool],
+    check: AnswerCheck | None = None,
 ) -> Path:
     """results/<batch>.parquet from pages of records: the first record per member of the
     shard, and the `missing` (status, error, retryable) outcome for members without one."""
@@ -90,6 +116,9 @@ def write_results(
         for page in pages:
             fresh = [r for r in page if r["custom_id"] in wanted and r["custom_id"] not in seen]
             seen.update(r["custom_id"] for r in fresh)
+            if check is not None:
+                for record in fresh:
+                    check(record)
             if fresh:
                 writer.write_table(records_table(fresh, row.batch_id, row.round_no))
             crashpoint(WHILE_COLLECTING)

@@ -86,6 +86,15 @@ def settled_tables(inbox: Path, settle_s: float, now: float | None = None) -> li
     return found
 
 
+# Anyone who can drop a file writes these jobs: nothing in them may choose where output
+# goes, which file is read as the catalog, or which server receives the API key.
+_OPERATOR_ONLY_FIELDS = {
+    "output": "results always go to the outbox",
+    "base_url": "the API key would be sent to that server; the service is set where grok-batch is served",
+    "catalog": "prices and models come from the catalog the operator configured",
+}
+
+
 def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
     """name.job.yaml beside the table, else the inbox default; output is never the job's choice."""
     own = table.with_name(table.stem + JOB_SUFFIX)
@@ -99,10 +108,9 @@ def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
     if job_file.is_symlink() or not layout.holds(job_file, layout.inbox):
         raise JobSpecError(f"job file {job_file.name} points outside the inbox; it is not used")
     job = build_job(job_file)
-    if job.output is not None:
-        raise JobSpecError(
-            f"{job_file.name}: field `output` is not allowed in an inbox job; results always go to the outbox"
-        )
+    for field, why in _OPERATOR_ONLY_FIELDS.items():
+        if getattr(job, field) is not None:
+            raise JobSpecError(f"{job_file.name}: field `{field}` is not allowed in an inbox job; {why}")
     return own, job
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import JobSpecError
+from tasks.structured import check_schema, response_format, schema_from_columns
 from tasks.template import PromptTemplate
 
 # Request fields that grok-batch owns; a job may not set them through `params`.
@@ -26,6 +27,8 @@ DEFAULT_SHARD_BYTES = 45 * 1024 * 1024
 _NOT_FINGERPRINTED = {
     "output",
     "name",
+    "max_cost_usd",
+    "catalog",
     "auto_sync_max_rows",
     "sync_concurrency",
     "sync_requests_per_minute",
@@ -53,6 +56,15 @@ class JobSpec(BaseModel):
     sync_concurrency: int = Field(default=8, ge=1, le=256)
     sync_requests_per_minute: int = Field(default=300, ge=1)
     sync_tokens_per_minute: int = Field(default=1_000_000, ge=1)
+    columns: dict[str, Any] | None = Field(
+        default=None,
+        description="Structured output, short form: {name: string|integer|number|boolean|[values]}",
+    )
+    json_schema: dict[str, Any] | None = Field(default=None, description="Structured output as a JSON Schema")
+    retry_invalid_output: bool = False
+    max_cost_usd: float | None = Field(default=None, gt=0, description="Refuse to submit above this estimate")
+    catalog: str | None = Field(default=None, description="Model catalog YAML (default: the built-in one)")
+    cache: bool = Field(default=True, description="Reuse answers to identical requests from earlier runs")
     output: str | None = None
     max_attempts: int = Field(default=3, ge=1, le=10)
     shard_max_lines: int = Field(default=MAX_SHARD_LINES, ge=1, le=MAX_SHARD_LINES)
@@ -73,6 +85,47 @@ class JobSpec(BaseModel):
                 raise ValueError(f"params.{key} is not allowed: {_RESERVED_PARAMS[key]}")
         return value
 
+    @field_validator("columns")
+    @classmethod
+    def _columns_form_a_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            schema_from_columns(value)  # raises ValueError naming the column
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_usable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_schema(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_answer_shape(self) -> JobSpec:
+        if self.columns is not None and self.json_schema is not None:
+            raise ValueError("give either `columns` or `json_schema`, not both")
+        if self.answer_schema is not None and "response_format" in self.params:
+            raise ValueError("params.response_format is set from `columns`/`json_schema`; remove one of them")
+        return self
+
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema every answer must fit, when the job asks for structured output."""
+        if self.columns is not None:
+            return schema_from_columns(self.columns)
+        return self.json_schema
+
+    @property
+    def request_params(self) -> dict[str, Any]:
+        """Request fields beside model and messages, response_format included."""
+        schema = self.answer_schema
+        if schema is None:
+            return dict(self.params)
+        return {**self.params, "response_format": response_format(schema, "answer")}
+
+    @property
+    def catalog_path(self) -> Path | None:
+        return Path(self.catalog) if self.catalog else None
+
     @property
     def template(self) -> PromptTemplate:
         return PromptTemplate(self.prompt)
@@ -84,11 +137,12 @@ class JobSpec(BaseModel):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value.rstrip("/") if value else value
 
-    def resolve_mode(self, sendable_rows: int) -> Literal["batch", "sync"]:
+    def resolve_mode(self, sendable_rows: int, batch_accepted: bool = True) -> Literal["batch", "sync"]:
         """`auto` sends small tables synchronously (answers in seconds, standard prices)
-        and large ones as batches (cheaper where discounted, no rate limits)."""
+        and large ones as batches (cheaper where discounted, no rate limits); a model the
+        batch endpoint refuses always goes sync."""
         if self.mode == "auto":
-            return "sync" if sendable_rows <= self.auto_sync_max_rows else "batch"
+            return "sync" if sendable_rows <= self.auto_sync_max_rows or not batch_accepted else "batch"
         return self.mode
 
     def fingerprint(self) -> str:

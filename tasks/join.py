@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,20 @@ import pyarrow.parquet as pq
 
 from tasks.crashpoints import WHILE_JOINING, crashpoint
 from tasks.errors import GrokBatchError
-from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, REJECTED, RESULT_SCHEMA, RESULT_TYPES
+from tasks.job import JobSpec
+from tasks.pricing import PriceSheet, cost_column, price_sheet
+from tasks.records import (
+    MANIFEST_SCHEMA,
+    OUTPUT_RESULT_COLUMNS,
+    REJECTED,
+    RESULT_SCHEMA,
+    RESULT_TYPES,
+    SUCCEEDED,
+)
 from tasks.report import Tally
+from tasks.row_cache import CacheWriter
 from tasks.run_layout import RunPaths, RunPlan, load_schema
+from tasks.structured import output_fields, typed_columns
 from tasks.table_io import TableSource, file_sha256
 
 _BATCH_NAME = re.compile(r"-r(\d+)-s(\d+)$")  # ledger.batch_name: grok-batch-<run>-r<round>-s<shard>
@@ -68,10 +80,12 @@ class _Outcomes:
     current chunk are in memory; follow-up rounds (retried rows only) are loaded whole.
     """
 
-    def __init__(self, paths: RunPaths) -> None:
-        self.paths = paths
+    def __init__(self, paths: RunPaths, pricing: Pricing) -> None:
+        self.paths, self.pricing = paths, pricing
         self.first_round: dict[int, Path] = {}
         later: list[pa.Table] = []
+        if paths.cached.exists():  # rows answered from the row cache: round 0
+            later.append(pq.read_table(paths.cached, schema=RESULT_SCHEMA))
         for file in sorted(paths.results_dir.glob("*.parquet")) if paths.results_dir.exists() else []:
             round_no, shard_no = _round_and_shard(file)
             if round_no == 1:
@@ -108,15 +122,16 @@ class _Outcomes:
                 f"{status.null_count} row(s) have no outcome yet; the run in {self.paths.run_dir} "
                 "is not finished"
             )
+        attempts = pc.if_else(rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32()))
+        from_cache = pc.fill_null(pc.and_(pc.invert(rejected), pc.equal(attempts, 0)), False)
         columns = {name: picked.column(name) for name in OUTPUT_RESULT_COLUMNS if name in picked.column_names}
         columns.update(
             custom_id=ids,
             status=status,
             error=pc.if_else(rejected, manifest.column("reject_reason"), picked.column("error")),
-            cost_usd=picked.column("service_cost_usd"),
-            attempts=pc.if_else(
-                rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32())
-            ),
+            cost_usd=self.pricing.costs(picked, from_cache),
+            attempts=attempts,
+            from_cache=from_cache,
         )
         return pa.table({name: columns[name] for name in OUTPUT_RESULT_COLUMNS})
 
@@ -128,8 +143,48 @@ def _round_and_shard(results_file: Path) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: bool, prefix: str = "") -> Tally:
-    """Stream the input and the outcomes into `output` (atomically); returns the totals."""
+@dataclass(frozen=True)
+class Pricing:
+    """What a row cost: catalog prices for the run's model and mode (None: not in the catalog)."""
+
+    sheet: PriceSheet | None
+    batch: bool
+
+    def _at_prices(self, outcomes: pa.Table) -> pa.Array:
+        if self.sheet is None:
+            return pa.nulls(outcomes.num_rows, pa.float64())
+        column = outcomes.column
+        return cost_column(
+            column("prompt_tokens"),
+            column("cached_tokens"),
+            column("completion_tokens"),
+            column("reasoning_tokens"),
+            self.sheet,
+            batch=self.batch,
+        )
+
+    def costs(self, outcomes: pa.Table, from_cache: pa.Array) -> pa.Array:
+        """Per row: what this run paid (a cached answer costs nothing now)."""
+        return pc.if_else(from_cache, 0.0, self._at_prices(outcomes))
+
+    def saved(self, outcomes: pa.Table) -> float:
+        """What the cached rows would have cost had they been sent."""
+        cached = outcomes.filter(outcomes.column("from_cache"))
+        return float(pc.sum(self._at_prices(cached)).as_py() or 0.0) if cached.num_rows else 0.0
+
+
+def write_output(
+    plan: RunPlan,
+    paths: RunPaths,
+    output: Path,
+    *,
+    overwrite: bool,
+    cache_folder: Path | None = None,
+) -> Tally:
+    """Stream the input and the outcomes into `output` (atomically); returns the totals.
+    Succeeded answers of this run go into the row cache at `cache_folder`."""
+    job = JobSpec.model_validate(plan.job)
+    prefix = job.result_prefix
     if output.exists() and not overwrite:
         raise GrokBatchError(f"output {output} already exists; pass --overwrite to replace it")
     source = TableSource(Path(plan.input_path), encoding=plan.encoding)
@@ -140,13 +195,18 @@ def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: boo
             f"Put the original file back and resume run {plan.run_key}, or start a new run"
         )
     schema = load_schema(paths.schema)
-    outcomes = _Outcomes(paths)
+    pricing = Pricing(price_sheet(job.model, job.catalog_path), batch=plan.mode == "batch")
+    outcomes = _Outcomes(paths, pricing)
     manifest = _RowStream(pq.ParquetFile(paths.manifest).iter_batches(batch_size=65_536))
+    answer_schema = job.answer_schema
+    typed_fields = output_fields(answer_schema) if answer_schema is not None else []
     result_fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in OUTPUT_RESULT_COLUMNS]
+    result_fields += [pa.field(prefix + f.name, f.type) for f in typed_fields]
     out_schema = pa.schema(list(schema) + result_fields)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     tally = Tally()
+    cache = CacheWriter(cache_folder, plan.run_key) if cache_folder is not None else None
     try:
         with pq.ParquetWriter(partial, out_schema) as writer:
             for batch in source.batches(schema=schema):
@@ -154,14 +214,25 @@ def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: boo
                 if rows.num_rows != batch.num_rows:
                     break
                 appended = outcomes.columns_for(rows)
-                tally.add(appended)
+                tally.add(appended, saved_usd=pricing.saved(appended))
+                columns = list(appended.columns)
+                if answer_schema is not None:
+                    texts = pc.if_else(
+                        pc.equal(appended.column("status"), SUCCEEDED), appended.column("response"), None
+                    )
+                    typed = typed_columns(texts.to_pylist(), answer_schema)
+                    columns += [typed[f.name] for f in typed_fields]
                 table = pa.Table.from_batches([batch]).cast(schema)
-                for field, column in zip(result_fields, appended.columns, strict=True):
+                for field, column in zip(result_fields, columns, strict=True):
                     table = table.append_column(field, column)
                 writer.write_table(table)
+                if cache is not None:
+                    _remember(cache, rows, appended)
                 crashpoint(WHILE_JOINING)
     except Exception:
         partial.unlink(missing_ok=True)  # ours and half written: nobody can use it
+        if cache is not None:
+            cache.close(keep=False)
         raise
     if tally.rows != plan.total_rows:
         partial.unlink(missing_ok=True)
@@ -169,5 +240,17 @@ def write_output(plan: RunPlan, paths: RunPaths, output: Path, *, overwrite: boo
             f"{plan.input_path} no longer has the {plan.total_rows} rows the run prepared; "
             "the input changed during the run"
         )
+    if cache is not None:
+        cache.close()
     partial.replace(output)
     return tally
+
+
+def _remember(cache: CacheWriter, rows: pa.Table, appended: pa.Table) -> None:
+    """Add this chunk's freshly answered (not cached, succeeded) rows to the row cache."""
+    fresh = pc.and_(
+        pc.equal(appended.column("status"), SUCCEEDED),
+        pc.and_(pc.invert(appended.column("from_cache")), pc.is_valid(rows.column("request_key"))),
+    )
+    if pc.any(fresh).as_py():
+        cache.add(rows.column("request_key").filter(fresh).combine_chunks(), appended.filter(fresh))

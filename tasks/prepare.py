@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from tasks.catalog import model_info
 from tasks.errors import InputError
 from tasks.job import JobSpec
-from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS
+from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, RESULT_SCHEMA, SUCCEEDED
+from tasks.row_cache import KEY_TYPE, STORED_FIELDS, CacheIndex, cache_root, namespace, request_keys
 from tasks.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
 from tasks.table_io import CsvColumnTypeError, TableSource, file_sha256
 
@@ -76,7 +77,7 @@ def request_line_parts(job: JobSpec) -> tuple[str, str, str]:
     )
     params = "".join(
         "," + json.dumps(key) + ":" + json.dumps(value, ensure_ascii=False)
-        for key, value in job.params.items()
+        for key, value in job.request_params.items()
     )
     tail = '"}]' + params + "}}\n"
     return head, body, tail
@@ -186,6 +187,20 @@ class _Rendered:
     row_index: pa.Array
     shard: pa.Array
     reject_reason: pa.Array
+    request_keys: pa.Array
+    cached: pa.Array
+    prompt_tokens_estimate: int
+
+    def manifest_batch(self) -> pa.RecordBatch:
+        columns = [
+            self.custom_ids,
+            self.row_index,
+            self.shard,
+            self.reject_reason,
+            self.request_keys,
+            self.cached,
+        ]
+        return pa.record_batch(columns, schema=MANIFEST_SCHEMA)
 
 
 def check_result_columns(schema: pa.Schema, job: JobSpec, source: str) -> None:
@@ -207,12 +222,14 @@ def prepare_run(source: TableSource, job: JobSpec, runs_root: Path, input_sha: s
         return RunPlan.load(paths)
     while True:
         try:
-            return _prepare_once(source, job, paths, key, input_sha)
+            return _prepare_once(source, job, paths, key, input_sha, cache_root(runs_root) / namespace(job))
         except CsvColumnTypeError as exc:  # a later block broke the inferred type: read as text
             source = source.with_text_column(exc.column)
 
 
-def _prepare_once(source: TableSource, job: JobSpec, paths: RunPaths, key: str, input_sha: str) -> RunPlan:
+def _prepare_once(
+    source: TableSource, job: JobSpec, paths: RunPaths, key: str, input_sha: str, cache_folder: Path
+) -> RunPlan:
     schema = source.schema()
     label = str(source.path)
     job.template.check_schema(schema, label)
@@ -225,7 +242,7 @@ def _prepare_once(source: TableSource, job: JobSpec, paths: RunPaths, key: str, 
     staging = paths.run_dir.with_name(paths.run_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted prepare
     try:
-        plan = _write_staged(source, job, schema, RunPaths(staging), paths, key, input_sha)
+        plan = _write_staged(source, job, schema, RunPaths(staging), paths, key, input_sha, cache_folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -241,16 +258,19 @@ def _write_staged(
     paths: RunPaths,
     key: str,
     input_sha: str,
+    cache_folder: Path,
 ) -> RunPlan:
     label = str(source.path)
     staged.requests_dir.mkdir(parents=True)
     writer = ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes)
     head, middle, tail = request_line_parts(job)
-    info = model_info(job.model)
+    info = model_info(job.model, job.catalog_path)
     context_window = info.context_window if info else None
     prefix = key[:8]
-    total = rejected = 0
+    total = rejected = prompt_tokens = 0
     id_chunks: list[pa.Array] = []
+    cache = CacheIndex(cache_folder) if job.cache else None
+    hits: list[tuple[pa.Array, pa.Array]] = []  # (custom_ids, request_keys) answered before
     try:
         with pq.ParquetWriter(staged.manifest, MANIFEST_SCHEMA) as manifest:
             for batch in source.batches():
@@ -261,16 +281,15 @@ def _write_staged(
                     _check_no_null_ids(ids, total, job.id_column, label)
                     id_chunks.append(pc.cast(ids, pa.string()))
                 rendered = _render_batch(
-                    batch, job, writer, head, middle, tail, prefix, row_index, ids, context_window
+                    batch, job, writer, (head, middle, tail), prefix, row_index, ids, context_window, cache
                 )
-                manifest.write_batch(
-                    pa.record_batch(
-                        [rendered.custom_ids, rendered.row_index, rendered.shard, rendered.reject_reason],
-                        schema=MANIFEST_SCHEMA,
-                    )
-                )
+                manifest.write_batch(rendered.manifest_batch())
+                if pc.any(rendered.cached).as_py():
+                    hit = rendered.cached
+                    hits.append((rendered.custom_ids.filter(hit), rendered.request_keys.filter(hit)))
                 total += batch.num_rows
                 rejected += len(rendered.reject_reason) - rendered.reject_reason.null_count
+                prompt_tokens += rendered.prompt_tokens_estimate
     finally:
         shards = writer.close()  # also on errors: no write left pending, no thread left
     if total == 0:
@@ -278,6 +297,7 @@ def _write_staged(
     if id_chunks:
         _check_unique_ids(pa.chunked_array(id_chunks), job.id_column or "", label)
     save_schema(schema if source.format == "parquet" else _resolved_schema(source, schema), staged.schema)
+    cached_rows = _write_cached(staged, cache, hits) if cache is not None else 0
     plan = RunPlan(
         run_key=key,
         input_path=str(source.path.resolve()),
@@ -286,7 +306,11 @@ def _write_staged(
         total_rows=total,
         rejected_rows=rejected,
         encoding=source.encoding,
-        mode=job.resolve_mode(total - rejected),
+        mode=job.resolve_mode(
+            total - rejected - cached_rows, batch_accepted=info.batch_accepted if info else True
+        ),
+        cached_rows=cached_rows,
+        prompt_tokens_estimate=prompt_tokens,
         shards=[
             ShardInfo(s.round_no, s.shard_no, str(paths.shard(s.round_no, s.shard_no)), s.lines, s.bytes)
             for s in shards
@@ -294,6 +318,31 @@ def _write_staged(
     )
     plan.save(staged)
     return plan
+
+
+def _write_cached(staged: RunPaths, cache: CacheIndex, hits: list[tuple[pa.Array, pa.Array]]) -> int:
+    """cached.parquet: the stored answers of the rows answered before, as round-0 records."""
+    if not hits:
+        return 0
+    custom_ids = pa.concat_arrays([ids for ids, _ in hits])
+    keys = pa.concat_arrays([k for _, k in hits])
+    stored = cache.records(keys)
+    slot = pc.index_in(keys, value_set=stored.column("request_key").combine_chunks())
+    found = stored.take(slot)
+    n = len(custom_ids)
+    columns = {name: found.column(name) for name in STORED_FIELDS}
+    columns.update(
+        custom_id=custom_ids,
+        status=pa.array([SUCCEEDED] * n, pa.string()),
+        error=pa.nulls(n, pa.string()),
+        retryable=pa.array([False] * n, pa.bool_()),
+        batch_id=pa.nulls(n, pa.string()),
+        round=pa.array(np.zeros(n, dtype=np.int32)),
+    )
+    pq.write_table(
+        pa.table({f.name: columns[f.name] for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA), staged.cached
+    )
+    return n
 
 
 def _resolved_schema(source: TableSource, inferred: pa.Schema) -> pa.Schema:
@@ -305,14 +354,14 @@ def _render_batch(
     batch: pa.RecordBatch,
     job: JobSpec,
     writer: ShardWriter,
-    head: str,
-    middle: str,
-    tail: str,
+    line_parts: tuple[str, str, str],
     prefix: str,
     row_index: pa.Array,
     ids: pa.Array | None,
     context_window: int | None,
+    cache: CacheIndex | None,
 ) -> _Rendered:
+    head, middle, tail = line_parts
     custom_ids = make_custom_ids(prefix, row_index, ids)
     prompts = job.template.render(batch)
     lines = pc.binary_join_element_wise(head, custom_ids, middle, json_escape(prompts), tail, "")
@@ -321,9 +370,9 @@ def _render_batch(
         "request larger than the 25 MB xAI accepts per request",
         pa.scalar(None, pa.string()),
     )
+    system_bytes = len((job.system or "").encode("utf-8"))
+    estimated = pc.divide(pc.add(pc.binary_length(prompts), system_bytes), BYTES_PER_TOKEN)
     if context_window is not None:
-        system_bytes = len((job.system or "").encode("utf-8"))
-        estimated = pc.divide(pc.add(pc.binary_length(prompts), system_bytes), BYTES_PER_TOKEN)
         reasons = pc.if_else(
             pc.greater(estimated, context_window),
             f"prompt of an estimated >{context_window} tokens exceeds {job.model}'s context window",
@@ -331,13 +380,17 @@ def _render_batch(
         )
     empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
     reasons = pc.if_else(empty, "empty prompt: the template rendered no text for this row", reasons)
-    keep = pc.is_null(reasons)
+    valid = pc.is_null(reasons)
+    keys = pc.if_else(valid, request_keys(prompts), pa.scalar(None, KEY_TYPE))
+    cached = pc.and_(valid, cache.hits(keys)) if cache is not None else pa.array(np.zeros(len(keys), bool))
+    keep = pc.and_(valid, pc.invert(cached))
     shard = np.full(batch.num_rows, -1, dtype=np.int32)
     keep_mask = keep.to_numpy(zero_copy_only=False)
     if keep_mask.any():
         shard[keep_mask] = writer.write(lines.filter(keep))
     shard_array = pc.if_else(keep, pa.array(shard, type=pa.int32()), pa.scalar(None, pa.int32()))
-    return _Rendered(custom_ids, row_index, shard_array, reasons)
+    tokens = int(pc.sum(pc.filter(estimated, keep)).as_py() or 0)
+    return _Rendered(custom_ids, row_index, shard_array, reasons, keys, cached, tokens)
 
 
 def _check_no_null_ids(ids: pa.Array, offset: int, column: str, label: str) -> None:

@@ -18,8 +18,10 @@ MANIFEST_SCHEMA = pa.schema(
     [
         ("custom_id", pa.string()),
         ("row_index", pa.int64()),
-        ("shard", pa.int32()),  # null when the row is rejected before sending
+        ("shard", pa.int32()),  # null when the row is rejected before sending, or answered from cache
         ("reject_reason", pa.string()),
+        ("request_key", pa.binary(16)),  # row_cache key of the rendered prompt (null when rejected)
+        ("cached", pa.bool_()),  # answered from the row cache: not sent
     ]
 )
 
@@ -57,7 +59,13 @@ OUTPUT_RESULT_COLUMNS = [
     "cost_usd",
     "service_cost_usd",
     "attempts",
+    "from_cache",
     "batch_id",
     "error",
 ]
-RESULT_TYPES = {**{f.name: f.type for f in RESULT_SCHEMA}, "cost_usd": pa.float64(), "attempts": pa.int32()}
+RESULT_TYPES = {
+    **{f.name: f.type for f in RESULT_SCHEMA},
+    "cost_usd": pa.float64(),
+    "attempts": pa.int32(),
+    "from_cache": pa.bool_(),
+}

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.ledger import BatchRow
+from tasks.pricing import costs_disagree
 from tasks.providers.base import BatchState
 from tasks.records import ROW_STATUSES
 
@@ -24,6 +25,11 @@ class RunSummary:
     tokens: dict[str, int]
     cost_usd: float
     rounds: int
+    mode: str = "batch"
+    service_cost_usd: float | None = None  # the service's own figure, where it gives one
+    priced: bool = True  # the model has prices in the catalog
+    from_cache: int = 0
+    saved_usd: float = 0.0
     batches: list[dict[str, Any]] = field(default_factory=list)
     rejected_files: list[str] = field(default_factory=list)
     error_examples: list[tuple[str, int, str]] = field(default_factory=list)  # error, rows, a custom_id
@@ -44,10 +50,23 @@ class Tally:
     by_status: dict[str, int] = field(default_factory=lambda: {status: 0 for status in ROW_STATUSES})
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_COLUMNS, 0))
     cost_usd: float = 0.0
+    unpriced_rows: int = 0  # answered, but no catalog price to cost them with
+    service_cost_usd: float | None = None
+    from_cache: int = 0
+    saved_usd: float = 0.0
     errors: dict[str, list[Any]] = field(default_factory=dict)  # error -> [rows, first custom_id]
 
-    def add(self, chunk: pa.Table) -> None:
+    def add(self, chunk: pa.Table, saved_usd: float = 0.0) -> None:
         self.rows += chunk.num_rows
+        self.saved_usd += saved_usd
+        self.from_cache += int(pc.sum(chunk.column("from_cache")).as_py() or 0)
+        answered = pc.is_valid(chunk.column("prompt_tokens"))
+        self.unpriced_rows += int(
+            pc.sum(pc.and_(answered, pc.is_null(chunk.column("cost_usd")))).as_py() or 0
+        )
+        service = chunk.filter(pc.invert(chunk.column("from_cache"))).column("service_cost_usd")
+        if service.null_count < len(service):
+            self.service_cost_usd = (self.service_cost_usd or 0.0) + float(pc.sum(service).as_py() or 0.0)
         for item in chunk.group_by("status").aggregate([("status", "count")]).to_pylist():
             self.by_status[item["status"]] = self.by_status.get(item["status"], 0) + item["status_count"]
         for name in TOKEN_COLUMNS:
@@ -65,7 +84,14 @@ class Tally:
 
 
 def summarize(
-    tally: Tally, batches: list[BatchRow], *, run_key: str, input_path: str, output_path: str, model: str
+    tally: Tally,
+    batches: list[BatchRow],
+    *,
+    run_key: str,
+    input_path: str,
+    output_path: str,
+    model: str,
+    mode: str = "batch",
 ) -> RunSummary:
     ranked = sorted(tally.errors.items(), key=lambda item: -item[1][0])[:8]
     examples = [(error, count, example) for error, (count, example) in ranked]
@@ -78,6 +104,11 @@ def summarize(
         by_status=tally.by_status,
         tokens=tally.tokens,
         cost_usd=tally.cost_usd,
+        mode=mode,
+        service_cost_usd=tally.service_cost_usd,
+        priced=tally.unpriced_rows == 0,
+        from_cache=tally.from_cache,
+        saved_usd=tally.saved_usd,
         rounds=max((b.round_no for b in batches), default=0),
         batches=[
             {
@@ -97,6 +128,25 @@ def summarize(
     )
 
 
+def cost_lines(summary: RunSummary) -> list[str]:
+    """Our cost from the catalog, the service's own figure beside it, and what the cache saved."""
+    prices = "batch" if summary.mode == "batch" else "standard"
+    if summary.priced:
+        lines = [f"- cost: ${summary.cost_usd:.6f} (catalog {prices} prices x tokens used)"]
+    else:
+        lines = [f"- cost: unknown for some rows: `{summary.model}` has no prices in the model catalog"]
+    if summary.service_cost_usd is not None:
+        note = ""
+        if summary.priced and costs_disagree(summary.cost_usd, summary.service_cost_usd):
+            note = " **: disagrees with the catalog figure; check the catalog's prices and discount**"
+        lines.append(f"- cost reported by the service: ${summary.service_cost_usd:.6f}{note}")
+    if summary.from_cache:
+        lines.append(
+            f"- from the row cache: {summary.from_cache} row(s), not sent; saved ${summary.saved_usd:.6f}"
+        )
+    return lines
+
+
 def render_markdown(summary: RunSummary) -> str:
     lines = [f"# grok-batch run {summary.run_key}", ""]
     if summary.rejected_files:
@@ -106,9 +156,9 @@ def render_markdown(summary: RunSummary) -> str:
     lines += [
         f"- input: `{summary.input_path}`",
         f"- output: `{summary.output_path}`",
-        f"- model: `{summary.model}`",
+        f"- model: `{summary.model}`, mode: {summary.mode}",
         f"- rows: {summary.rows}, rounds: {summary.rounds}",
-        f"- cost: ${summary.cost_usd:.6f} (as reported by the service)",
+        *cost_lines(summary),
         "",
         "| status | rows |",
         "|---|---|",

@@ -34,6 +34,11 @@ class RunPaths:
         return self.run_dir / "input-schema.arrow"
 
     @property
+    def cached(self) -> Path:
+        """Records of the rows answered from the row cache (round 0: never sent)."""
+        return self.run_dir / "cached.parquet"
+
+    @property
     def requests_dir(self) -> Path:
         return self.run_dir / "requests"
 
@@ -82,6 +87,8 @@ class RunPlan:
     shards: list[ShardInfo] = field(default_factory=list)
     encoding: str = "utf-8"  # how the input text is read; the join reads it the same way
     mode: str = "batch"  # batch | sync: the job's mode, with `auto` resolved by the row count
+    cached_rows: int = 0  # answered from the row cache, not sent
+    prompt_tokens_estimate: int = 0  # over the rows to send (~4 bytes a token)
 
     def save(self, paths: RunPaths) -> None:
         tmp = paths.plan.with_suffix(".json.tmp")

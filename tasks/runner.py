@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.catalog import check_batch_model
-from tasks.collect import collect_batch, paused_gc
+from tasks.collect import answer_checker, collect_batch, paused_gc
 from tasks.errors import GrokBatchError, InputError, ProviderError
+from tasks.estimate import Estimate, check_budget, estimate_plan
 from tasks.job import JobSpec
 from tasks.join import write_output
 from tasks.ledger import BatchRow, Ledger, this_holder
@@ -25,6 +26,7 @@ from tasks.providers.base import BatchProvider, BatchState
 from tasks.providers.sdk import SdkProvider
 from tasks.reconcile import plan_follow_up
 from tasks.report import RunSummary, render_markdown, summarize
+from tasks.row_cache import cache_root, namespace
 from tasks.run_layout import RunPaths, RunPlan, run_key
 from tasks.submit import submit_planned
 from tasks.sync_run import SyncLimits, answer_planned
@@ -96,9 +98,10 @@ def start_run(
     """Prepare (or find) the run for this input and job, and record it in the ledger.
     `input_sha` saves hashing the file again when the caller already did (the inbox)."""
     check_output_path(output, overwrite)
-    warning = check_batch_model(job.model)
-    if warning:
-        logger.warning(warning)
+    if job.mode == "batch":  # sync does not touch the batch endpoint; auto avoids it (prepare)
+        warning = check_batch_model(job.model, job.catalog_path, job.provider)
+        if warning:
+            logger.warning(warning)
     source.check_readable()
     input_sha = input_sha or file_sha256(source.path)
     key = run_key(input_sha, job.fingerprint(), source.encoding)
@@ -116,12 +119,22 @@ def start_run(
     ledger.claim(key, this_holder(), LEASE_S)  # before prepare: two processes never both write
     try:
         plan = prepare_run(source, job, runs_root, input_sha)
+        if not ledger.batches(key):  # a new run: nothing sent yet, so the budget still applies
+            check_budget(estimate_plan(plan, job), job)
     except BaseException:
         ledger.update_run(key, state="failed")
         ledger.release(key, this_holder())
         raise
     ledger.plan_batches(key, 1, [(s.shard_no, s.path, s.lines) for s in plan.shards])
     return RunHandle(key, run_dir, plan)
+
+
+def dry_run(source: TableSource, job: JobSpec, runs_root: Path) -> Estimate:
+    """Prepare the run's request files (a later real run reuses them) and estimate it;
+    nothing is uploaded and the ledger is not touched."""
+    if job.mode == "batch":
+        check_batch_model(job.model, job.catalog_path, job.provider)  # refuses a rejected model
+    return estimate_plan(prepare_run(source, job, runs_root), job)
 
 
 def handle_for(ledger: Ledger, key: str) -> RunHandle:
@@ -167,7 +180,8 @@ def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle)
             # rows that the next round sends again.
             _best_effort(provider.cancel, row.batch_id)
     with paused_gc(), ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect") as pool:
-        futures = {pool.submit(collect_batch, provider, handle.paths, row): row for row in ready}
+        check = answer_checker(handle.job.answer_schema, handle.job.retry_invalid_output)
+        futures = {pool.submit(collect_batch, provider, handle.paths, row, check): row for row in ready}
         for future in as_completed(futures):
             future.result()  # the first failure stops the pass; collected batches stay recorded
             row = futures[future]
@@ -237,9 +251,16 @@ def sync_limits(job: JobSpec) -> SyncLimits:
 def answer_sync(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
     if not isinstance(provider, SdkProvider):
         raise GrokBatchError(f"mode sync needs an HTTP provider, not {type(provider).__name__}")
-    limits = sync_limits(handle.job)
+    job = handle.job
     return answer_planned(
-        ledger, provider, handle.run_key, handle.paths, limits, budget_s=SYNC_SLICE_S, lease_s=LEASE_S
+        ledger,
+        provider,
+        handle.run_key,
+        handle.paths,
+        sync_limits(job),
+        check=answer_checker(job.answer_schema, job.retry_invalid_output),
+        budget_s=SYNC_SLICE_S,
+        lease_s=LEASE_S,
     )
 
 
@@ -303,7 +324,8 @@ def advance(
 def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> RunSummary:
     """Join the outcomes onto the input, write output and report, close the run."""
     job = handle.job
-    tally = write_output(handle.plan, handle.paths, output, overwrite=overwrite, prefix=job.result_prefix)
+    cache_folder = cache_root(handle.run_dir.parent) / namespace(job)
+    tally = write_output(handle.plan, handle.paths, output, overwrite=overwrite, cache_folder=cache_folder)
     summary = summarize(
         tally,
         ledger.batches(handle.run_key),
@@ -311,6 +333,7 @@ def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> 
         input_path=handle.plan.input_path,
         output_path=str(output),
         model=job.model,
+        mode=handle.plan.mode,
     )
     report = render_markdown(summary)
     handle.paths.report.write_text(report, encoding="utf-8")

@@ -22,7 +22,7 @@ from typing import Any
 import openai
 import orjson
 
-from tasks.collect import write_results
+from tasks.collect import AnswerCheck, write_results
 from tasks.crashpoints import AFTER_SYNC_ANSWER, crashpoint
 from tasks.errors import ProviderError
 from tasks.ledger import Ledger, this_holder
@@ -178,6 +178,7 @@ def answer_planned(
     paths: RunPaths,
     limits: SyncLimits,
     *,
+    check: AnswerCheck | None = None,
     budget_s: float | None = None,
     lease_s: float = 300.0,
 ) -> int:
@@ -216,7 +217,7 @@ def answer_planned(
             if outcome == BatchState.CANCELLED
             else (FAILED, "no answer was recorded for this request", True)
         )
-        write_results(paths, row, [list(read_journal(journal).values())], missing)
+        write_results(paths, row, [list(read_journal(journal).values())], missing, check)
         ledger.update_batch(row.batch_name, step="collected", state=outcome, finished=row.lines)
         completed += 1
     return completed

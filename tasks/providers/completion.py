@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tasks.pricing import Usage, ticks_to_usd
 from tasks.records import SUCCEEDED
-
-TICK_USD = 1e-10  # xAI's cost_in_usd_ticks unit
 
 
 def error_text(error: Any) -> tuple[str, int | str | None]:
@@ -33,21 +32,21 @@ def completion_fields(completion: dict[str, Any], *, reasoning_in_completion: bo
     content = message_body.get("content")
     if content is None and message_body.get("tool_calls"):
         content = json.dumps(message_body["tool_calls"], ensure_ascii=False)
-    usage = completion.get("usage") or {}
-    completion_tokens = usage.get("completion_tokens")
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
-    if reasoning_in_completion and isinstance(completion_tokens, int) and isinstance(reasoning, int):
-        completion_tokens = max(0, completion_tokens - reasoning)
-    ticks = usage.get("cost_in_usd_ticks")
-    return {
+    raw_usage = completion.get("usage")
+    fields: dict[str, Any] = {
         "status": SUCCEEDED,
         "retryable": False,
         "response": content,
         "finish_reason": choice.get("finish_reason"),
         "model": completion.get("model"),
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": completion_tokens,
-        "reasoning_tokens": reasoning,
-        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-        "service_cost_usd": ticks * TICK_USD if isinstance(ticks, int | float) else None,
     }
+    if isinstance(raw_usage, dict):  # no usage: token columns stay null, not 0
+        usage = (Usage.from_openai if reasoning_in_completion else Usage.from_xai)(raw_usage)
+        fields.update(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cached_tokens=usage.cached_tokens,
+            service_cost_usd=ticks_to_usd(raw_usage.get("cost_in_usd_ticks")),
+        )
+    return fields
