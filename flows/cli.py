@@ -497,8 +497,13 @@ def emulator(
     rate_500: Annotated[float, typer.Option("--rate-500", help="Fraction of calls answered 500.")] = 0.0,
     drop_rate: Annotated[float, typer.Option(help="Fraction of connections dropped.")] = 0.0,
     expire_after_s: Annotated[float, typer.Option(help="Seconds until a batch expires.")] = 86_400.0,
+    protocol: Annotated[
+        str,
+        typer.Option(help="What /v1 speaks: xai, or openai (OpenAI's Batch API is always at /openai/v1)."),
+    ] = "xai",
 ) -> None:
-    """Serve a local emulator of xAI's Batch API (no key, no network needed).
+    """Serve a local emulator of xAI's Batch API, and of OpenAI's at /openai/v1
+    (no key, no network needed).
 
     Example:
 
@@ -507,9 +512,16 @@ def emulator(
       export XAI_BASE_URL=http://127.0.0.1:8000/v1 XAI_API_KEY=emulator-key
 
       grok-batch run data/samples/reviews.csv --job data/samples/reviews.job.yaml
+
+      export OPENAI_BASE_URL=http://127.0.0.1:8000/openai/v1 OPENAI_API_KEY=emulator-key
+
+      grok-batch run data/samples/reviews.csv --job data/samples/reviews.job.yaml --provider openai
     """
     from emulator import EmulatorConfig, RunningEmulator
+    from emulator.config import PROTOCOLS
 
+    if protocol not in PROTOCOLS:
+        _fail(GrokBatchError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}"))
     config = EmulatorConfig(
         api_key=api_key,
         processing_s=processing_s,
@@ -519,9 +531,13 @@ def emulator(
         rate_500=rate_500,
         drop_rate=drop_rate,
         expire_after_s=expire_after_s,
+        protocol=protocol,
     )
     server = RunningEmulator(config, host=host, port=port).start()
-    console.print(f"xAI batch emulator on {server.url}  (XAI_API_KEY={api_key}; Ctrl-C stops)")
+    console.print(
+        f"batch emulator: {protocol} protocol on {server.url}, OpenAI protocol on {server.openai_url}  "
+        f"(API key {api_key}; Ctrl-C stops)"
+    )
     try:
         while True:
             time.sleep(3600)

@@ -12,6 +12,7 @@ from tasks.pricing import estimate_cost, price_sheet
 from tasks.run_layout import RunPlan
 
 ASSUMED_OUTPUT_TOKENS = 256  # per answer, when the job sets no max_tokens
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators, per message
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ def estimate_plan(plan: RunPlan, job: JobSpec) -> Estimate:
     per_answer = int(limit) if isinstance(limit, int) and limit > 0 else ASSUMED_OUTPUT_TOKENS
     sheet = price_sheet(job.model, job.catalog_path)
     info = model_info(job.model, job.catalog_path)
-    per_prompt = plan.prompt_tokens_estimate / to_send if to_send else 0.0
+    overhead = MESSAGE_OVERHEAD_TOKENS * (2 if job.system else 1) * to_send
+    prompt_tokens = plan.prompt_tokens_estimate + overhead
+    per_prompt = prompt_tokens / to_send if to_send else 0.0
 
     def cost(batch: bool) -> float | None:
         if sheet is None:
@@ -71,7 +74,7 @@ def estimate_plan(plan: RunPlan, job: JobSpec) -> Estimate:
         rejected=plan.rejected_rows,
         cached=plan.cached_rows,
         to_send=to_send,
-        prompt_tokens=plan.prompt_tokens_estimate,
+        prompt_tokens=prompt_tokens,
         output_tokens=to_send * per_answer,
         output_assumed=not (isinstance(limit, int) and limit > 0),
         batch_usd=cost(True),

@@ -138,7 +138,11 @@ def cost_lines(summary: RunSummary) -> list[str]:
     if summary.service_cost_usd is not None:
         note = ""
         if summary.priced and costs_disagree(summary.cost_usd, summary.service_cost_usd):
-            note = " **: disagrees with the catalog figure; check the catalog's prices and discount**"
+            gap = (summary.service_cost_usd - summary.cost_usd) / max(summary.cost_usd, 1e-12)
+            note = (
+                f" (**{gap:+.0%} against the catalog figure**: check the catalog's prices and batch "
+                "discount for this model, or whether the service applies the discount)"
+            )
         lines.append(f"- cost reported by the service: ${summary.service_cost_usd:.6f}{note}")
     if summary.from_cache:
         lines.append(
