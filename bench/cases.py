@@ -105,7 +105,7 @@ def _fake_results(plan: Any, run_dir: Path) -> None:
             "completion_tokens": pa.array(rng.integers(5, 20, n)),
             "reasoning_tokens": pa.array(np.zeros(n, dtype=np.int64)),
             "cached_tokens": pa.array(np.zeros(n, dtype=np.int64)),
-            "cost_usd": pa.array(rng.random(n) / 1e4),
+            "service_cost_usd": pa.array(rng.random(n) / 1e4),
             "batch_id": pa.array([f"batch_{shard.shard_no}"] * n),
             "error": pa.nulls(n, pa.string()),
             "retryable": pa.array([False] * n),
