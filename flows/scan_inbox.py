@@ -59,7 +59,8 @@ def scan_inbox(
                     input_sha=claimed.sha256,
                 )
                 try:
-                    submit_task(ledger, make_provider(claimed.job.provider, claimed.job.base_url), handle)
+                    if handle.plan.mode == "batch":  # sync runs are answered by collect-pending
+                        submit_task(ledger, make_provider(claimed.job.provider, claimed.job.base_url), handle)
                 except ProviderError as exc:  # the run is recorded: collect-pending submits it later
                     logger.error("%s is queued; submitting failed for now: %s", table.name, exc)
                 finally:

@@ -43,10 +43,15 @@ class RateLimiter:
             self._token_tat = max(self._token_tat, start) + max(tokens, 0) * self.token_interval_s
             return start - now
 
-    def acquire(self, tokens: int) -> None:
-        delay = self.reserve(tokens)
-        if delay > 0:
-            self._sleep(delay)
+    def acquire(self, tokens: int, max_rebookings: int = 1000) -> None:
+        """Wait for a start time; if a 429 paused everyone meanwhile, book again after it."""
+        for _ in range(max_rebookings):
+            delay = self.reserve(tokens)
+            if delay > 0:
+                self._sleep(delay)
+            with self._lock:
+                if self._clock() >= self._paused_until:
+                    return
 
     def pause(self, seconds: float) -> None:
         """The service asked to slow down: nobody starts a request for `seconds`."""

@@ -175,7 +175,7 @@ def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle)
     """Collect every batch that reached a terminal state; returns how many were collected."""
     ready = [row for row in ledger.batches(handle.run_key) if row.step == "created" and _terminal(row)]
     for row in ready:
-        if row.state == BatchState.EXPIRED and row.batch_id:
+        if row.state == BatchState.EXPIRED and row.batch_id and not provider.expiry_is_final:
             # Expiry is judged by our clock: stop the service from finishing (and billing)
             # rows that the next round sends again.
             _best_effort(provider.cancel, row.batch_id)

@@ -204,18 +204,20 @@ def answer_planned(
             ledger.update_batch(name, finished=answered)
             return not (ledger.run(run_key) or {}).get("cancel_requested")
 
-        cancelled = bool((ledger.run(run_key) or {}).get("cancel_requested"))
-        done = cancelled or answer_shard(
+        def cancel_requested() -> bool:
+            return bool((ledger.run(run_key) or {}).get("cancel_requested"))
+
+        complete = not cancel_requested() and answer_shard(
             provider, Path(row.shard_path), journal, limits, limiter, heartbeat=heartbeat, budget_s=remaining
         )
-        cancelled = bool((ledger.run(run_key) or {}).get("cancel_requested"))
-        if not done and not cancelled:
+        if not complete and not cancel_requested():
             break  # out of budget: the next call goes on from the journal
-        outcome = BatchState.CANCELLED if cancelled and not done else BatchState.DONE
+        # Complete, or cancelled (before or during the shard): rows never answered end cancelled.
+        outcome = BatchState.DONE if complete else BatchState.CANCELLED
         missing = (
-            (CANCELLED, "the run was cancelled before this request was sent", False)
-            if outcome == BatchState.CANCELLED
-            else (FAILED, "no answer was recorded for this request", True)
+            (FAILED, "no answer was recorded for this request", True)
+            if complete
+            else (CANCELLED, "the run was cancelled before this request was sent", False)
         )
         write_results(paths, row, [list(read_journal(journal).values())], missing, check)
         ledger.update_batch(row.batch_name, step="collected", state=outcome, finished=row.lines)

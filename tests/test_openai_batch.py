@@ -46,7 +46,9 @@ def openai_emulator(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) 
 
 
 def reviews(count: int) -> list[dict[str, Any]]:
-    return [{"id": f"r{i}", "text": f"review {i}: {'great' if i % 3 else 'broken'} thing"} for i in range(count)]
+    return [
+        {"id": f"r{i}", "text": f"review {i}: {'great' if i % 3 else 'broken'} thing"} for i in range(count)
+    ]
 
 
 def run_pipeline(
@@ -129,7 +131,9 @@ def test_openai_pipeline_answers_every_row_once_per_shard_with_normalized_tokens
 
     # The same rows as xAI batches: the token columns agree row by row.
     xai_out = tmp_path / "xai.parquet"
-    run_pipeline(src, build_job(None, {**job.model_dump(), "provider": "xai"}), tmp_path / "data-xai", xai_out)
+    run_pipeline(
+        src, build_job(None, {**job.model_dump(), "provider": "xai"}), tmp_path / "data-xai", xai_out
+    )
     assert openai_emulator.state.count("POST", "/v1/batches", 200) == 3
     token_columns = ("response", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
     xai_rows = rows_of(xai_out)
@@ -154,7 +158,11 @@ def test_expired_batch_keeps_paid_rows_and_sends_only_the_rest_again(
     src = write_csv(tmp_path / "in.csv", reviews(40))
     out = tmp_path / "out.parquet"
     summary, run_dir = run_pipeline(
-        src, build_job(None, {**JOB, "id_column": "id"}), tmp_path / "data", out, normal_deadline_from_round_two
+        src,
+        build_job(None, {**JOB, "id_column": "id"}),
+        tmp_path / "data",
+        out,
+        normal_deadline_from_round_two,
     )
     first, second = openai_batches(openai_emulator)
     assert openai_emulator.state.openai.status(first)[0] == "expired"
@@ -258,7 +266,9 @@ def test_file_refused_at_validation_fails_rows_with_the_service_message(
         assert "rejected the whole file" in row["error"] and service_message in row["error"]
 
 
-def test_lost_create_reply_is_found_by_metadata_name(tmp_path: Path, openai_emulator: RunningEmulator) -> None:
+def test_lost_create_reply_is_found_by_metadata_name(
+    tmp_path: Path, openai_emulator: RunningEmulator
+) -> None:
     openai_emulator.configure(drop_after_create_rate=1.0)  # every batch is created, every reply lost
     src = write_csv(tmp_path / "in.csv", reviews(30))
     out = tmp_path / "out.parquet"
@@ -282,7 +292,11 @@ def test_catalogued_openai_model_gets_no_provider_mismatch_warning(
     try:
         with caplog.at_level(logging.WARNING, logger="grok_batch"):
             runner.start_run(
-                TableSource(src), build_job(None, JOB), tmp_path / "data" / "runs", ledger, tmp_path / "o.parquet"
+                TableSource(src),
+                build_job(None, JOB),
+                tmp_path / "data" / "runs",
+                ledger,
+                tmp_path / "o.parquet",
             )
     finally:
         ledger.close()
@@ -309,7 +323,9 @@ def slow_emulator() -> Iterator[RunningEmulator]:
         yield server
 
 
-def cli(args: list[str], server: RunningEmulator, api_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    args: list[str], server: RunningEmulator, api_url: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("XAI_", "OPENAI_"))},
         "PREFECT_API_URL": api_url,

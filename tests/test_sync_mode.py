@@ -47,7 +47,9 @@ def both_protocols(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -
 
 
 def reviews(count: int) -> list[dict[str, Any]]:
-    return [{"id": f"r{i}", "text": f"review {i}: {'great' if i % 3 else 'broken'} thing"} for i in range(count)]
+    return [
+        {"id": f"r{i}", "text": f"review {i}: {'great' if i % 3 else 'broken'} thing"} for i in range(count)
+    ]
 
 
 def run_pipeline(
@@ -68,6 +70,7 @@ def run_pipeline(
         deadline = time.monotonic() + timeout_s
         while not (progress := runner.advance(ledger, provider, handle)).complete:
             assert time.monotonic() < deadline, f"run did not finish in {timeout_s} s: {progress}"
+            time.sleep(0.05)  # batch mode: give the batches time; sync passes do their own work
         return runner.finish(ledger, handle, out, overwrite=False), handle
     finally:
         ledger.close()
@@ -81,9 +84,11 @@ def paths_used(server: RunningEmulator) -> set[str]:
     return {e.path for e in server.state.request_log}
 
 
-def assert_paced(times: list[float], rpm: int, slack_s: float = 0.005) -> None:
+def assert_paced(times: list[float], rpm: int, slack_s: float = 0.02) -> None:
     """No window of the request log holds more requests than `rpm` allows: for requests i..j,
-    j - i + 1 <= (t_j - t_i) * rpm / 60 + 1 (with a few ms for the clock)."""
+    j - i + 1 <= (t_j - t_i) * rpm / 60 + 1. The slack covers the jitter between a worker's
+    start and the server's timestamp (up to ~7 ms measured on an idle 2-core machine); an
+    unpaced or per-thread limiter misses by a whole interval."""
     interval = 60.0 / rpm
     times = sorted(times)
     for i, start in enumerate(times):
@@ -149,7 +154,10 @@ def test_retry_after_of_a_429_pauses_every_worker(tmp_path: Path, emulator: Runn
         for e in log
         if t + in_flight_s < e.time < t + retry_after - in_flight_s
     ]
-    assert ignored == [], f"sent within Retry-After={retry_after}s of a 429 (seconds after it, status)"
+    assert not ignored, (
+        f"{len(ignored)} request(s) sent within Retry-After={retry_after} s of a 429 "
+        f"(seconds after the 429, status): {ignored[:6]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +167,9 @@ def prefect_api_url(prefect_harness: None) -> str:
     return str(PREFECT_API_URL.value())
 
 
-def cli(args: list[str], server: RunningEmulator, api_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    args: list[str], server: RunningEmulator, api_url: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("XAI_", "OPENAI_"))},
         "PREFECT_API_URL": api_url,
@@ -210,7 +220,9 @@ def test_sigkill_after_an_answer_then_rerun_pays_for_no_row_twice(
     assert_answers_on_their_rows(out, run_dir)
 
 
-def test_auto_mode_picks_sync_up_to_the_limit_and_batch_above(tmp_path: Path, emulator: RunningEmulator) -> None:
+def test_auto_mode_picks_sync_up_to_the_limit_and_batch_above(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
     job = build_job(None, {**JOB, "prompt": "{{ text }}", "mode": "auto", "auto_sync_max_rows": 10})
     small_rows = reviews(11)
     small_rows[3]["text"] = ""  # rejected: 10 rows to send, exactly the limit
@@ -255,7 +267,9 @@ def test_one_job_file_runs_as_xai_batch_openai_batch_and_sync_with_one_output_sc
         outputs[label] = pq.read_table(out)
     assert job_file.read_bytes() == original
     state = both_protocols.state
-    assert state.count("POST", "/v1/batches", 200) == 2 and state.count("POST", "/openai/v1/batches", 200) == 2
+    assert (
+        state.count("POST", "/v1/batches", 200) == 2 and state.count("POST", "/openai/v1/batches", 200) == 2
+    )
     assert state.count("POST", CHAT, 200) == 20 and state.count("POST", OPENAI_CHAT, 200) == 20
 
     reference = outputs["xai-batch"].schema
@@ -310,6 +324,8 @@ def test_wrong_key_stops_a_sync_run_with_a_clear_error_and_pays_nothing(
     assert "HTTP 401" in refused.output and "Incorrect API key" in refused.output
     assert wrong_key not in refused.output
     assert not out.exists()
+    for path in tmp_path.rglob("*"):  # nor in the ledger, the run directory or the journal
+        assert not path.is_file() or wrong_key.encode() not in path.read_bytes(), path
     assert emulator.state.count("POST", CHAT, 200) == 0  # nothing paid
     # Stopped at once, not row after row: at most the requests already handed to the workers.
     assert 1 <= emulator.state.count("POST", CHAT, 401) <= 2 * 2
@@ -321,22 +337,34 @@ def test_wrong_key_stops_a_sync_run_with_a_clear_error_and_pays_nothing(
     assert emulator.state.count("POST", CHAT, 200) == 12
 
 
-def cancel_after_answers(server: RunningEmulator, data_dir: Path, answers: int) -> Callable[..., None]:
+class CancelAfterAnswers:
     """on_start hook: a watcher thread records `grok-batch cancel` in the ledger (from its own
     connection, as the CLI would) once the emulator has answered `answers` requests."""
 
-    def start(_: Ledger, handle: runner.RunHandle) -> None:
-        def watch() -> None:
-            deadline = time.monotonic() + 20
-            while server.state.count("POST", CHAT, 200) < answers and time.monotonic() < deadline:
-                time.sleep(0.01)
-            other = Ledger(default_ledger_url(data_dir))
-            other.update_run(handle.run_key, cancel_requested=True)  # what `grok-batch cancel` records
-            other.close()
+    def __init__(self, server: RunningEmulator, data_dir: Path, answers: int) -> None:
+        self.server, self.data_dir, self.answers = server, data_dir, answers
+        self.thread: threading.Thread | None = None
+        self.fired = False
 
-        threading.Thread(target=watch, daemon=True).start()
+    def __call__(self, _: Ledger, handle: runner.RunHandle) -> None:
+        self.thread = threading.Thread(target=self._watch, args=(handle.run_key,), daemon=True)
+        self.thread.start()
 
-    return start
+    def _watch(self, run_key: str) -> None:
+        deadline = time.monotonic() + 20
+        while self.server.state.count("POST", CHAT, 200) < self.answers:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        other = Ledger(default_ledger_url(self.data_dir))
+        other.update_run(run_key, cancel_requested=True)  # what `grok-batch cancel` records
+        other.close()
+        self.fired = True
+
+    def join(self) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout=25)
+        assert self.fired, "the cancel was never requested"
 
 
 def assert_cancelled_rows(out: Path, server: RunningEmulator, total: int) -> list[dict[str, Any]]:
@@ -345,31 +373,41 @@ def assert_cancelled_rows(out: Path, server: RunningEmulator, total: int) -> lis
     succeeded = [r for r in rows if r["status"] == "succeeded"]
     cancelled = [r for r in rows if r["status"] == "cancelled"]
     assert len(succeeded) == server.state.count("POST", CHAT, 200)  # the rows sent kept their answers
-    assert {r["status"] for r in rows} == {"succeeded", "cancelled"}, {
+    assert {r["status"] for r in rows} <= {"succeeded", "cancelled"} and cancelled, {
         r["status"]: r["error"] for r in rows if r["status"] not in ("succeeded", "cancelled")
     }
     assert all(r["error"] == "the run was cancelled before this request was sent" for r in cancelled)
     return cancelled
 
 
-def test_cancel_during_a_sync_run_cancels_the_shards_not_yet_sent(tmp_path: Path, emulator: RunningEmulator) -> None:
+def test_cancel_during_a_sync_run_cancels_the_shards_not_yet_sent(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
     src = write_csv(tmp_path / "in.csv", reviews(40))
     out, data_dir = tmp_path / "out.parquet", tmp_path / "data"
-    job = build_job(None, {**JOB, "shard_max_lines": 10, "sync_concurrency": 2, "sync_requests_per_minute": 600})
-    summary, handle = run_pipeline(src, job, data_dir, out, cancel_after_answers(emulator, data_dir, 3))
+    job = build_job(
+        None, {**JOB, "shard_max_lines": 10, "sync_concurrency": 2, "sync_requests_per_minute": 600}
+    )
+    canceller = CancelAfterAnswers(emulator, data_dir, 3)
+    summary, handle = run_pipeline(src, job, data_dir, out, canceller)
+    canceller.join()
     cancelled = assert_cancelled_rows(out, emulator, 40)
     assert len(cancelled) >= 20  # at least the last two shards never went out
     assert summary.rounds == 1
     assert_answers_on_their_rows(out, handle.run_dir)
 
 
-def test_cancel_mid_shard_stops_sending_at_the_next_heartbeat(tmp_path: Path, emulator: RunningEmulator) -> None:
+def test_cancel_mid_shard_stops_sending_at_the_next_heartbeat(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
     # One shard of 80 rows at 10 requests/s needs 8 s; the cancel comes after 5 answers
     # and is seen at the shard's heartbeat (every 5 s).
     src = write_csv(tmp_path / "in.csv", reviews(80))
     out, data_dir = tmp_path / "out.parquet", tmp_path / "data"
     job = build_job(None, {**JOB, "sync_concurrency": 2, "sync_requests_per_minute": 600})
-    summary, handle = run_pipeline(src, job, data_dir, out, cancel_after_answers(emulator, data_dir, 5))
+    canceller = CancelAfterAnswers(emulator, data_dir, 5)
+    summary, handle = run_pipeline(src, job, data_dir, out, canceller)
+    canceller.join()
     cancelled = assert_cancelled_rows(out, emulator, 80)
     assert cancelled and summary.rounds == 1
     assert_answers_on_their_rows(out, handle.run_dir)
@@ -391,7 +429,9 @@ def test_cancel_before_anything_was_sent_cancels_every_row_without_a_call(
     assert len(cancelled) == 20
 
 
-def test_model_the_batch_endpoint_refuses_still_runs_in_sync_mode(tmp_path: Path, emulator: RunningEmulator) -> None:
+def test_model_the_batch_endpoint_refuses_still_runs_in_sync_mode(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
     # The catalog marks grok-4.5 as refused by the batch endpoint, and its error says to use
     # `mode: sync`; sync must then not be refused by the same check.
     src = write_csv(tmp_path / "in.csv", reviews(5))

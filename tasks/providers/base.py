@@ -36,16 +36,11 @@ class BatchStatus:
     message: str | None = None  # the service's reason for a rejection
 
 
-@dataclass(frozen=True)
-class BatchRef:
-    batch_id: str
-    name: ClassVar[str]
-
-
 class BatchProvider(Protocol):
     """Upload a shard, create/find/poll/cancel a batch, and page its normalized results."""
 
     name: ClassVar[str]
+    expiry_is_final: ClassVar[bool]  # the service ends expired batches itself (no cancel needed)
 
     def upload(self, shard_path: Path) -> str: ...
 

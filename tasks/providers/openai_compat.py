@@ -37,6 +37,7 @@ _STATES = {
     "cancelled": BatchState.CANCELLED,
 }
 _RETRYABLE_HTTP = {408, 409, 429}
+_ERRORS_SHOWN = 5
 _ERROR_OUTCOMES = {"batch_expired": (EXPIRED, True), "batch_cancelled": (CANCELLED, False)}
 
 
@@ -50,8 +51,10 @@ def batch_status_from_openai(data: dict[str, Any]) -> BatchStatus:
     errors = (data.get("errors") or {}).get("data") or []
     message = "; ".join(
         f"line {e.get('line')}: {e.get('message')}" if e.get("line") else str(e.get("message"))
-        for e in errors
+        for e in errors[:_ERRORS_SHOWN]
     )
+    if len(errors) > _ERRORS_SHOWN:  # one per bad line: the first few say enough
+        message += f"; and {len(errors) - _ERRORS_SHOWN} more"
     return BatchStatus(
         batch_id=str(data.get("id") or ""),
         state=_STATES[status],
@@ -94,6 +97,7 @@ class OpenAIBatchProvider(SdkProvider):
     api_key_env = "OPENAI_API_KEY"
     secret_block = "openai-api-key"
     default_base_url = DEFAULT_BASE_URL
+    expiry_is_final = True
     reasoning_in_completion = True
 
     def create_batch(self, name: str, file_id: str) -> str:

@@ -31,6 +31,7 @@ class SdkProvider:
     secret_block: ClassVar[str]
     default_base_url: ClassVar[str]
     reasoning_in_completion: ClassVar[bool]  # does usage.completion_tokens include reasoning?
+    expiry_is_final: ClassVar[bool]  # False: expiry is judged by our clock, so cancel the batch
 
     def __init__(
         self,

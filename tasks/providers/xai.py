@@ -123,6 +123,7 @@ class XaiProvider(SdkProvider):
     api_key_env = "XAI_API_KEY"
     secret_block = "xai-api-key"
     default_base_url = DEFAULT_BASE_URL
+    expiry_is_final = False
     reasoning_in_completion = False
 
     def create_batch(self, name: str, file_id: str) -> str:

@@ -1,0 +1,479 @@
+"""Money: cost per row from the catalog, the service's own figure beside it in the report,
+the estimate before anything is sent, the max_cost_usd budget and the batch-model preflight.
+
+Everything runs the real pipeline against the emulator over HTTP. The emulator's usage for a
+request is fixed by its text (tokens ~ characters / 4, the system message billed as cached
+input, reasoning models think 2x their visible answer), so the token counts below are literal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from emulator import RunningEmulator
+from emulator.completions import chat_completion
+from emulator.config import DEFAULT_BATCH_MODELS
+from flows.cli import app
+from tasks import runner
+from tasks.errors import GrokBatchError, InputError, JobSpecError
+from tasks.job import JobSpec, build_job
+from tasks.ledger import Ledger, default_ledger_url
+from tasks.report import RunSummary
+from tasks.table_io import TableSource
+from tests.helpers import drive_to_end, write_csv
+
+cli = CliRunner()
+
+SYSTEM = "You are a terse review classifier."  # 34 chars: 8 + 3 = 11 tokens, billed as cached
+TEXTS = [
+    "I love it, works great and arrived fast",  # prompt 26 tokens (11 cached), answer 9
+    "Broke after two days, I want a refund",  # prompt 25 tokens (11 cached), answer 9
+    "It is a chair with four legs",  # prompt 23 tokens (11 cached), answer 9
+]
+# Sync pacing defaults to 300 requests a minute (0.2 s apart); tests need no pacing.
+FAST_SYNC = {"sync_requests_per_minute": 60_000}
+
+
+def job(**fields: object) -> JobSpec:
+    base = {"model": "grok-4.3", "system": SYSTEM, "prompt": "Classify: {{ text }}", "id_column": "id"}
+    return build_job(None, {**base, **FAST_SYNC, **fields})
+
+
+def reviews(tmp_path: Path, name: str = "in.csv", count: int = 12) -> Path:
+    return write_csv(tmp_path / name, [{"id": f"r{i:02d}", "text": TEXTS[i % 3]} for i in range(count)])
+
+
+def by_id(output: Path) -> dict[str, dict]:
+    return {row["id"]: row for row in pq.read_table(output).to_pylist()}
+
+
+def report_lines(output: Path) -> tuple[str, str | None]:
+    """(our cost line, the service's cost line or None) from the report beside the output."""
+    text = runner.report_path(output).read_text(encoding="utf-8")
+    ours = re.search(r"^- cost: .*$", text, re.MULTILINE)
+    service = re.search(r"^- cost reported by the service: .*$", text, re.MULTILINE)
+    assert ours is not None, text
+    return ours.group(0), service.group(0) if service else None
+
+
+def dollars(line: str) -> float:
+    match = re.search(r"\$([0-9]+\.[0-9]+)", line)
+    assert match is not None, line
+    return float(match.group(1))
+
+
+def flagged(line: str) -> bool:
+    """The report flags a disagreement in bold on the service's line."""
+    return "**" in line
+
+
+# -- cost per row ----------------------------------------------------------------------------
+def test_batch_rows_cost_the_discounted_catalog_prices_of_their_own_tokens(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    out = tmp_path / "batch.parquet"
+    drive_to_end(reviews(tmp_path), job(), data_dir, out)
+    rows = by_id(out)
+    assert len(rows) == 12
+    # The emulator's usage for each text, literally (prompt, cached, completion, reasoning).
+    assert [
+        (rows[k]["prompt_tokens"], rows[k]["cached_tokens"], rows[k]["completion_tokens"])
+        for k in ("r00", "r01", "r02")
+    ] == [(26, 11, 9), (25, 11, 9), (23, 11, 9)]
+    assert {rows[k]["reasoning_tokens"] for k in rows} == {0}
+    # grok-4.3 batch: $1.00 input, $0.16 cached input, $2.00 output per 1M (20% off standard).
+    # r00: (15 * 1.00 + 11 * 0.16 + 9 * 2.00) / 1e6 = 34.76e-6
+    assert rows["r00"]["cost_usd"] == pytest.approx(34.76e-6, rel=1e-12)
+    assert rows["r01"]["cost_usd"] == pytest.approx(33.76e-6, rel=1e-12)  # 14 + 1.76 + 18
+    assert rows["r02"]["cost_usd"] == pytest.approx(31.76e-6, rel=1e-12)  # 12 + 1.76 + 18
+    for key in ("r03", "r07", "r11"):  # the same formula from each row's own columns
+        r = rows[key]
+        uncached = r["prompt_tokens"] - r["cached_tokens"]
+        billed_output = r["completion_tokens"] + r["reasoning_tokens"]
+        expected = (uncached * 1.00 + r["cached_tokens"] * 0.16 + billed_output * 2.00) / 1e6
+        assert r["cost_usd"] == pytest.approx(expected, rel=1e-12), key
+        assert r["attempts"] == 1 and r["from_cache"] is False
+
+
+def test_the_same_rows_in_mode_sync_cost_standard_prices(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    out = tmp_path / "sync.parquet"
+    summary = drive_to_end(reviews(tmp_path), job(mode="sync"), data_dir, out)
+    assert summary.mode == "sync"
+    assert emulator.state.count("POST", "/v1/files") == 0
+    assert emulator.state.count("POST", "/v1/chat/completions", 200) == 12
+    rows = by_id(out)
+    usage = [
+        (rows[k]["prompt_tokens"], rows[k]["cached_tokens"], rows[k]["completion_tokens"])
+        for k in ("r00", "r01", "r02")
+    ]
+    assert usage == [(26, 11, 9), (25, 11, 9), (23, 11, 9)]  # the same tokens as in batch
+    # grok-4.3 standard: $1.25 input, $0.20 cached input, $2.50 output per 1M.
+    assert rows["r00"]["cost_usd"] == pytest.approx((15 * 1.25 + 11 * 0.20 + 9 * 2.50) / 1e6, rel=1e-12)
+    assert rows["r00"]["cost_usd"] == pytest.approx(43.45e-6, rel=1e-12)
+    assert rows["r01"]["cost_usd"] == pytest.approx(42.20e-6, rel=1e-12)  # 17.5 + 2.2 + 22.5
+    assert rows["r02"]["cost_usd"] == pytest.approx(39.70e-6, rel=1e-12)  # 15 + 2.2 + 22.5
+    for key, r in rows.items():
+        uncached = r["prompt_tokens"] - r["cached_tokens"]
+        billed_output = r["completion_tokens"] + r["reasoning_tokens"]
+        expected = (uncached * 1.25 + r["cached_tokens"] * 0.20 + billed_output * 2.50) / 1e6
+        assert r["cost_usd"] == pytest.approx(expected, rel=1e-12), key
+
+
+def test_reasoning_tokens_are_billed_as_output(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    out = tmp_path / "reasoning.parquet"
+    drive_to_end(reviews(tmp_path, count=10), job(model="grok-4.20-0309-reasoning"), data_dir, out)
+    rows = by_id(out)
+    r = rows["r00"]
+    usage = (r["prompt_tokens"], r["cached_tokens"], r["completion_tokens"], r["reasoning_tokens"])
+    assert usage == (26, 11, 9, 18)
+    # grok-4.20-0309-reasoning batch: 1.00 / 0.16 / 2.00; output = 9 visible + 18 reasoning.
+    # (15 * 1.00 + 11 * 0.16 + 27 * 2.00) / 1e6 = 70.76e-6, not 34.76e-6 (visible only).
+    assert r["cost_usd"] == pytest.approx(70.76e-6, rel=1e-12)
+    for key, row in rows.items():
+        assert row["reasoning_tokens"] == 2 * row["completion_tokens"] > 0, key
+        uncached = row["prompt_tokens"] - row["cached_tokens"]
+        expected = (
+            uncached * 1.00
+            + row["cached_tokens"] * 0.16
+            + (row["completion_tokens"] + row["reasoning_tokens"]) * 2.00
+        ) / 1e6
+        assert row["cost_usd"] == pytest.approx(expected, rel=1e-12), key
+
+
+def test_a_model_without_batch_discount_costs_the_same_in_batch_and_sync(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    src = reviews(tmp_path, count=10)
+    batch_out, sync_out = tmp_path / "batch.parquet", tmp_path / "sync.parquet"
+    drive_to_end(src, job(model="grok-4-1-fast-reasoning"), data_dir, batch_out)
+    # cache off: otherwise the sync run would take every answer from the batch run, for $0
+    drive_to_end(src, job(model="grok-4-1-fast-reasoning", mode="sync", cache=False), data_dir, sync_out)
+    assert emulator.state.count("POST", "/v1/batches", 200) == 1
+    assert emulator.state.count("POST", "/v1/chat/completions", 200) == 10
+    batch, sync = by_id(batch_out), by_id(sync_out)
+    # grok-4-1-fast-reasoning: 0.20 / 0.05 / 0.50 in both modes; 9 visible + 18 reasoning.
+    # (15 * 0.20 + 11 * 0.05 + 27 * 0.50) / 1e6 = 17.05e-6
+    assert batch["r00"]["cost_usd"] == pytest.approx(17.05e-6, rel=1e-12)
+    assert sync["r00"]["cost_usd"] == pytest.approx(17.05e-6, rel=1e-12)
+    for key in batch:
+        assert sync[key]["from_cache"] is False
+        assert batch[key]["cost_usd"] == pytest.approx(sync[key]["cost_usd"], rel=1e-12), key
+    assert sum(r["cost_usd"] for r in batch.values()) == pytest.approx(
+        sum(r["cost_usd"] for r in sync.values()), rel=1e-12
+    )
+
+
+# -- the report: our figure, the service's, and a flag when they disagree -----------------
+CATALOG_AT_EMULATOR_PRICES = """\
+models:
+  grok-4.3:
+    provider: xai
+    context_window: 1000000
+    prices: {input: 1.25, cached_input: 0.20, output: 2.50}
+    batch_prices: {input: 1.25, cached_input: 0.20, output: 2.50}
+    batch_accepted: true
+    source: "test: what the emulator bills in cost_in_usd_ticks"
+    as_of: "2026-11"
+"""
+
+
+def _totals(output: Path) -> tuple[float, float]:
+    table = pq.read_table(output)
+    return (
+        sum(table.column("cost_usd").to_pylist()),
+        sum(table.column("service_cost_usd").to_pylist()),
+    )
+
+
+def _flag_expected(ours: float, service: float) -> bool:
+    return abs(ours - service) > 0.01 * max(ours, service)
+
+
+def test_report_flags_the_batch_discount_the_service_did_not_apply(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    # The emulator bills every request at grok-4.3's standard prices (1.25 / 0.20 / 2.50) in
+    # cost_in_usd_ticks, batch or not; the catalog says batch is 20% off.
+    src = reviews(tmp_path)
+    out = tmp_path / "batch.parquet"
+    summary = drive_to_end(src, job(), data_dir, out)
+    ours, service = _totals(out)
+    # 4 x (34.76 + 33.76 + 31.76) e-6 at batch prices; 4 x (43.45 + 42.20 + 39.70) e-6 billed
+    assert ours == pytest.approx(401.12e-6, rel=1e-9)
+    assert service == pytest.approx(501.40e-6, rel=1e-9)
+    assert summary.cost_usd == pytest.approx(401.12e-6, rel=1e-9)
+    assert summary.service_cost_usd == pytest.approx(501.40e-6, rel=1e-9)
+    cost_line, service_line = report_lines(out)
+    assert cost_line.startswith("- cost: $0.000401 (catalog batch prices")
+    assert service_line is not None and dollars(service_line) == pytest.approx(0.000501, abs=1e-12)
+    assert _flag_expected(ours, service) is True
+    assert flagged(service_line), service_line
+    assert "+25%" in service_line and "catalog" in service_line
+
+
+def test_report_does_not_flag_a_sync_run_billed_at_catalog_prices(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    out = tmp_path / "sync.parquet"
+    drive_to_end(reviews(tmp_path), job(mode="sync"), data_dir, out)
+    ours, service = _totals(out)
+    assert ours == pytest.approx(501.40e-6, rel=1e-9) and service == pytest.approx(501.40e-6, rel=1e-9)
+    cost_line, service_line = report_lines(out)
+    assert cost_line.startswith("- cost: $0.000501 (catalog standard prices")
+    assert service_line == "- cost reported by the service: $0.000501"
+    assert _flag_expected(ours, service) is False and not flagged(service_line)
+
+
+@pytest.mark.parametrize("how", ["env", "job"])
+def test_catalog_whose_batch_prices_match_the_service_gives_no_flag(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(CATALOG_AT_EMULATOR_PRICES, encoding="utf-8")
+    if how == "env":
+        monkeypatch.setenv("GROK_BATCH_CATALOG", str(catalog))
+        spec = job()
+    else:
+        spec = job(catalog=str(catalog))
+    out = tmp_path / "batch.parquet"
+    summary = drive_to_end(reviews(tmp_path), spec, data_dir, out)
+    assert summary.mode == "batch" and emulator.state.count("POST", "/v1/batches", 200) == 1
+    rows = by_id(out)
+    assert rows["r00"]["cost_usd"] == pytest.approx(43.45e-6, rel=1e-12)  # the catalog's batch prices
+    ours, service = _totals(out)
+    assert ours == pytest.approx(501.40e-6, rel=1e-9) and service == pytest.approx(501.40e-6, rel=1e-9)
+    cost_line, service_line = report_lines(out)
+    assert cost_line.startswith("- cost: $0.000501 (catalog batch prices")
+    assert service_line == "- cost reported by the service: $0.000501"
+    assert _flag_expected(ours, service) is False and not flagged(service_line)
+
+
+def test_report_totals_count_every_billed_attempt_of_a_retried_row(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    # Every answer is off-schema, so each row is answered (and billed) twice: round 1, then
+    # the retry. The report's totals should say what the run cost, both rounds.
+    emulator.configure(invalid_output_rate=1.0)
+    spec = job(
+        columns={"sentiment": ["positive", "negative", "neutral"]}, retry_invalid_output=True, max_attempts=2
+    )
+    out = tmp_path / "out.parquet"
+    summary = drive_to_end(reviews(tmp_path, count=12), spec, data_dir, out)
+    assert summary.rounds == 2 and summary.by_status["invalid_output"] == 12
+    with emulator.state.lock:
+        sent = [emulator.state.batches[i] for i in emulator.state.batch_order]
+    assert [len(b.bodies) for b in sent] == [12, 12]
+    billed_ticks = sum(
+        chat_completion(body, 0, invalid_output_rate=1.0)["usage"]["cost_in_usd_ticks"]
+        for batch in sent
+        for body in batch.bodies
+    )
+    billed = billed_ticks / 1e10  # what the service reported across both rounds
+    last_round = sum(pq.read_table(out).column("service_cost_usd").to_pylist())
+    assert billed == pytest.approx(2 * last_round, rel=1e-9)
+    _, service_line = report_lines(out)
+    assert service_line is not None
+    assert summary.service_cost_usd == pytest.approx(billed, rel=1e-9), (
+        f"report says the service charged ${summary.service_cost_usd:.6f}; it billed ${billed:.6f}"
+    )
+    assert summary.cost_usd == pytest.approx(0.8 * billed, rel=1e-6)  # batch prices, both rounds
+
+
+# -- the estimate: nothing is sent ------------------------------------------------------------
+def estimate_table(tmp_path: Path) -> Path:
+    """20 rows: 19 prompts of exactly 48 bytes (12 tokens at 4 bytes a token), one empty row
+    that is rejected before sending."""
+    texts = [f"Row {i:02d}: the parcel came on time and it works ok." for i in range(20)]
+    assert {len(t.encode()) for t in texts} == {48}
+    texts[5] = ""
+    return write_csv(tmp_path / "est.csv", [{"id": f"e{i:02d}", "text": t} for i, t in enumerate(texts)])
+
+
+ESTIMATE_ARGS = ["--model", "grok-4.3", "--prompt", "{{ text }}"]
+
+
+def test_estimate_prints_rows_tokens_and_both_prices_and_sends_nothing(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    src = estimate_table(tmp_path)
+    data = tmp_path / "d"
+    result = cli.invoke(
+        app, ["estimate", str(src), *ESTIMATE_ARGS, "-p", "max_tokens=50", "--data-dir", str(data)]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich may wrap long lines
+    assert "rows 20: 19 to send, 0 from the row cache, 1 rejected before sending" in text
+    # 19 prompts x (12 tokens of text + 4 for the message) = 304; 19 x max_tokens 50 = 950.
+    assert "input tokens ≈ 304" in text
+    assert "output tokens ≤ 950 (max_tokens per answer)" in text
+    # batch: 19 x (16 x 1.00 + 50 x 2.00) / 1e6 = 0.002204
+    # sync:  19 x (16 x 1.25 + 50 x 2.50) / 1e6 = 0.002755
+    assert "cost at batch prices: $0.0022" in text
+    assert "cost at standard (sync) prices: $0.0028" in text
+    assert emulator.state.count("POST", "/v1/files") == 0
+    assert emulator.state.count("POST", "/v1/batches") == 0
+    assert emulator.state.request_log == []
+
+    estimate = runner.dry_run(
+        TableSource(src),
+        build_job(None, {"model": "grok-4.3", "prompt": "{{ text }}", "params": {"max_tokens": 50}}),
+        data / "runs",
+    )
+    assert (estimate.rows, estimate.to_send, estimate.rejected, estimate.cached) == (20, 19, 1, 0)
+    assert (estimate.prompt_tokens, estimate.output_tokens, estimate.output_assumed) == (304, 950, False)
+    assert estimate.batch_usd == pytest.approx(0.002204, rel=1e-9)
+    assert estimate.sync_usd == pytest.approx(0.002755, rel=1e-9)
+    assert estimate.mode == "batch" and estimate.cost_usd == estimate.batch_usd
+    assert emulator.state.request_log == []
+
+
+def test_estimate_without_max_tokens_assumes_256_per_answer(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    src = estimate_table(tmp_path)
+    result = cli.invoke(
+        app, ["run", str(src), *ESTIMATE_ARGS, "--dry-run", "--data-dir", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "nothing was sent" in text
+    assert "output tokens ≤ 4,864 (assumed 256 (no max_tokens) per answer)" in text  # 19 x 256
+    # batch: 19 x (16 x 1.00 + 256 x 2.00) / 1e6 = 0.010032
+    assert "cost at batch prices: $0.0100" in text
+    assert emulator.state.request_log == []
+
+
+# -- the budget ---------------------------------------------------------------------------------
+def _start(src: Path, spec: JobSpec, data_dir: Path, output: Path) -> runner.RunHandle:
+    ledger = Ledger(default_ledger_url(data_dir))
+    try:
+        return runner.start_run(TableSource(src), spec, data_dir / "runs", ledger, output)
+    finally:
+        ledger.close()
+
+
+def test_run_above_max_cost_usd_is_refused_before_any_upload_then_goes_with_a_higher_budget(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    src = estimate_table(tmp_path)
+    base = {"model": "grok-4.3", "prompt": "{{ text }}", "params": {"max_tokens": 50}, "id_column": "id"}
+    out = tmp_path / "out.parquet"
+    # The estimate is $0.002204 at batch prices (see the estimate test); the budget $0.002.
+    with pytest.raises(InputError) as refused:
+        _start(src, build_job(None, {**base, "max_cost_usd": 0.002}), data_dir, out)
+    message = str(refused.value)
+    assert "max_cost_usd" in message
+    assert "$0.0022" in message and "19 requests" in message and "$0.0020" in message
+    assert "nothing was sent" in message
+    assert emulator.state.count("POST", "/v1/files") == 0
+    assert emulator.state.count("POST", "/v1/batches") == 0
+    assert emulator.state.request_log == []
+    assert not out.exists()
+
+    summary = drive_to_end(src, build_job(None, {**base, "max_cost_usd": 0.01}), data_dir, out)
+    assert summary.by_status["succeeded"] == 19 and summary.by_status["rejected"] == 1
+    assert emulator.state.count("POST", "/v1/files", 200) == 1
+    assert emulator.state.count("POST", "/v1/batches", 200) == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_cli_run_names_the_budget_and_the_estimate(tmp_path: Path, emulator: RunningEmulator) -> None:
+    src = estimate_table(tmp_path)
+    args = [*ESTIMATE_ARGS, "-p", "max_tokens=50", "--data-dir", str(tmp_path / "d")]
+    out = tmp_path / "out.parquet"
+    result = cli.invoke(app, ["run", str(src), *args, "--max-cost-usd", "0.002", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "max_cost_usd" in text and "$0.0022" in text and "$0.0020" in text
+    assert emulator.state.request_log == []
+    assert not out.exists()
+    verdict = cli.invoke(app, ["estimate", str(src), *args, "--max-cost-usd", "0.002"])
+    assert "the estimate is ABOVE it" in " ".join(verdict.output.split())
+    verdict = cli.invoke(app, ["estimate", str(src), *args, "--max-cost-usd", "0.003"])
+    assert "the estimate is within it" in " ".join(verdict.output.split())
+    assert emulator.state.request_log == []
+
+
+# -- preflight: what the batch endpoint takes -------------------------------------------------
+def test_model_refused_by_the_batch_endpoint_is_stopped_before_upload_and_suggests_sync(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    src = reviews(tmp_path, count=10)
+    with pytest.raises(JobSpecError, match=r"grok-4.5 is not accepted .*`mode: sync`"):
+        drive_to_end(src, job(model="grok-4.5"), data_dir, tmp_path / "batch.parquet")
+    with pytest.raises(JobSpecError, match=r"`mode: sync`"):
+        runner.dry_run(TableSource(src), job(model="grok-4.5"), data_dir / "runs")
+    assert emulator.state.request_log == []
+    assert not (tmp_path / "batch.parquet").exists()
+
+
+def test_model_refused_by_the_batch_endpoint_runs_in_mode_sync(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    out = tmp_path / "sync.parquet"
+    summary = drive_to_end(reviews(tmp_path, count=10), job(model="grok-4.5", mode="sync"), data_dir, out)
+    assert summary.mode == "sync" and summary.by_status["succeeded"] == 10
+    assert emulator.state.count("POST", "/v1/chat/completions", 200) == 10
+    assert emulator.state.count("POST", "/v1/files") == 0 and emulator.state.count("POST", "/v1/batches") == 0
+    # grok-4.5 standard prices 2.00 / 0.50 / 6.00: (15 * 2.00 + 11 * 0.50 + 9 * 6.00) / 1e6 = 89.5e-6
+    assert by_id(out)["r00"]["cost_usd"] == pytest.approx(89.5e-6, rel=1e-12)
+
+
+def test_mode_auto_sends_a_model_the_batch_endpoint_refuses_synchronously_whatever_the_size(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    out = tmp_path / "auto.parquet"
+    spec = job(model="grok-4.5", mode="auto", auto_sync_max_rows=0)  # batch for any size, if accepted
+    summary = drive_to_end(reviews(tmp_path, count=10), spec, data_dir, out)
+    assert summary.mode == "sync" and summary.by_status["succeeded"] == 10
+    assert emulator.state.count("POST", "/v1/chat/completions", 200) == 10
+    assert emulator.state.count("POST", "/v1/files") == 0 and emulator.state.count("POST", "/v1/batches") == 0
+    # and an accepted model with the same settings goes as a batch
+    summary = drive_to_end(
+        reviews(tmp_path, "b.csv", count=10),
+        job(mode="auto", auto_sync_max_rows=0),
+        data_dir,
+        tmp_path / "b.parquet",
+    )
+    assert summary.mode == "batch" and emulator.state.count("POST", "/v1/batches", 200) == 1
+
+
+def test_unknown_model_is_a_warning_not_an_error(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.configure(batch_models=[*DEFAULT_BATCH_MODELS, "grok-9-preview"])
+    out = tmp_path / "out.parquet"
+    with caplog.at_level(logging.WARNING, logger="grok_batch"):
+        summary: RunSummary = drive_to_end(
+            reviews(tmp_path, count=10), job(model="grok-9-preview"), data_dir, out
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'grok-9-preview' is not in the model catalog" in w for w in warnings), warnings
+    assert summary.by_status["succeeded"] == 10
+    assert emulator.state.count("POST", "/v1/batches", 200) == 1
+    table = pq.read_table(out)
+    assert table.column("cost_usd").null_count == 10  # no prices: no cost, rather than a wrong one
+    assert table.column("service_cost_usd").null_count == 0
+    cost_line, service_line = report_lines(out)
+    assert "unknown" in cost_line and "grok-9-preview" in cost_line
+    assert service_line is not None and not flagged(service_line)
+
+
+def test_budget_cannot_be_checked_for_a_model_without_prices(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    with pytest.raises(GrokBatchError, match=r"max_cost_usd.*grok-9-preview has no prices"):
+        _start(
+            reviews(tmp_path), job(model="grok-9-preview", max_cost_usd=1.0), data_dir, tmp_path / "o.parquet"
+        )
+    assert emulator.state.request_log == []
