@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import JobSpecError
+from tasks.records import OUTPUT_RESULT_COLUMNS
 from tasks.structured import check_schema, response_format, schema_from_columns
 from tasks.template import PromptTemplate
 
@@ -103,8 +104,15 @@ class JobSpec(BaseModel):
     def _one_answer_shape(self) -> JobSpec:
         if self.columns is not None and self.json_schema is not None:
             raise ValueError("give either `columns` or `json_schema`, not both")
-        if self.answer_schema is not None and "response_format" in self.params:
+        schema = self.answer_schema
+        if schema is not None and "response_format" in self.params:
             raise ValueError("params.response_format is set from `columns`/`json_schema`; remove one of them")
+        taken = sorted(set(schema.get("properties") or {}) & set(OUTPUT_RESULT_COLUMNS)) if schema else []
+        if taken:
+            raise ValueError(
+                f"answer field(s) {', '.join(map(repr, taken))} would clash with the result columns "
+                f"grok-batch adds ({', '.join(OUTPUT_RESULT_COLUMNS)}); rename them"
+            )
         return self
 
     @property

@@ -92,7 +92,18 @@ class _Outcomes:
                 self.first_round[shard_no] = file
             else:
                 later.append(pq.read_table(file, schema=RESULT_SCHEMA))
-        self.later = latest_per_id(pa.concat_tables(later)) if later else RESULT_SCHEMA.empty_table()
+        every_later = pa.concat_tables(later) if later else RESULT_SCHEMA.empty_table()
+        self.later = latest_per_id(every_later)
+        # A retried row was billed for every attempt: what the attempts from round 2 on cost,
+        # per custom_id (round 1's is added from its shard when the row is joined).
+        billed = pa.table(
+            {
+                "custom_id": every_later.column("custom_id"),
+                "cost": pc.fill_null(pricing.at_prices(every_later), 0.0),
+                "service": pc.fill_null(every_later.column("service_cost_usd"), 0.0),
+            }
+        )
+        self.later_billed = billed.group_by("custom_id").aggregate([("cost", "sum"), ("service", "sum")])
         self._loaded: dict[int, pa.Table] = {}
 
     def _shard(self, shard_no: int) -> pa.Table:
@@ -124,16 +135,36 @@ class _Outcomes:
             )
         attempts = pc.if_else(rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32()))
         from_cache = pc.fill_null(pc.and_(pc.invert(rejected), pc.equal(attempts, 0)), False)
+        cost, service = self._billed(ids, candidates.take(in_first), picked, from_cache)
         columns = {name: picked.column(name) for name in OUTPUT_RESULT_COLUMNS if name in picked.column_names}
         columns.update(
             custom_id=ids,
             status=status,
             error=pc.if_else(rejected, manifest.column("reject_reason"), picked.column("error")),
-            cost_usd=self.pricing.costs(picked, from_cache),
+            cost_usd=cost,
+            service_cost_usd=service,
             attempts=attempts,
             from_cache=from_cache,
         )
         return pa.table({name: columns[name] for name in OUTPUT_RESULT_COLUMNS})
+
+    def _billed(
+        self, ids: pa.Array, first: pa.Table, picked: pa.Table, from_cache: pa.Array
+    ) -> tuple[pa.Array, pa.Array]:
+        """(cost_usd, service_cost_usd) per row over all its attempts: the final record's,
+        or for a retried row round 1's plus every later round's."""
+        cost = self.pricing.costs(picked, from_cache)
+        service = picked.column("service_cost_usd")
+        slot = pc.index_in(ids, value_set=self.later_billed.column("custom_id").combine_chunks())
+        retried = pc.and_(pc.is_valid(slot), pc.greater(picked.column("round"), 1))
+        if not pc.any(retried).as_py():
+            return cost, service
+        later = self.later_billed.take(slot)
+        first_cost = pc.fill_null(self.pricing.at_prices(first), 0.0)
+        first_service = pc.fill_null(first.column("service_cost_usd"), 0.0)
+        cost = pc.if_else(retried, pc.add(later.column("cost_sum"), first_cost), cost)
+        service = pc.if_else(retried, pc.add(later.column("service_sum"), first_service), service)
+        return cost, service
 
 
 def _round_and_shard(results_file: Path) -> tuple[int, int]:
@@ -150,7 +181,7 @@ class Pricing:
     sheet: PriceSheet | None
     batch: bool
 
-    def _at_prices(self, outcomes: pa.Table) -> pa.Array:
+    def at_prices(self, outcomes: pa.Table) -> pa.Array:
         if self.sheet is None:
             return pa.nulls(outcomes.num_rows, pa.float64())
         column = outcomes.column
@@ -165,12 +196,12 @@ class Pricing:
 
     def costs(self, outcomes: pa.Table, from_cache: pa.Array) -> pa.Array:
         """Per row: what this run paid (a cached answer costs nothing now)."""
-        return pc.if_else(from_cache, 0.0, self._at_prices(outcomes))
+        return pc.if_else(from_cache, 0.0, self.at_prices(outcomes))
 
     def saved(self, outcomes: pa.Table) -> float:
         """What the cached rows would have cost had they been sent."""
         cached = outcomes.filter(outcomes.column("from_cache"))
-        return float(pc.sum(self._at_prices(cached)).as_py() or 0.0) if cached.num_rows else 0.0
+        return float(pc.sum(self.at_prices(cached)).as_py() or 0.0) if cached.num_rows else 0.0
 
 
 def write_output(

@@ -28,6 +28,7 @@ from tasks.job import JobSpec
 from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, RESULT_SCHEMA, SUCCEEDED
 from tasks.row_cache import KEY_TYPE, STORED_FIELDS, CacheIndex, cache_root, namespace, request_keys
 from tasks.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
+from tasks.structured import output_fields
 from tasks.table_io import CsvColumnTypeError, TableSource, file_sha256
 
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # xAI's per-request limit (reference §3)
@@ -204,7 +205,11 @@ class _Rendered:
 
 
 def check_result_columns(schema: pa.Schema, job: JobSpec, source: str) -> None:
-    clashes = [job.result_prefix + c for c in OUTPUT_RESULT_COLUMNS if job.result_prefix + c in schema.names]
+    """Added columns (results, then typed answer fields) may not reuse an input column's name."""
+    added = list(OUTPUT_RESULT_COLUMNS)
+    if job.answer_schema is not None:
+        added += [f.name for f in output_fields(job.answer_schema)]
+    clashes = [job.result_prefix + c for c in added if job.result_prefix + c in schema.names]
     if clashes:
         raise InputError(
             f"{source}: input column(s) {', '.join(map(repr, clashes))} clash with the result columns "
