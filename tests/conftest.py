@@ -42,6 +42,22 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness: None) -> str:
+    """The test Prefect server's URL, for CLI subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def slow_emulator() -> Iterator[RunningEmulator]:
+    """Batches that take ~1.5 s, so a subprocess can be killed while they run."""
+    config = EmulatorConfig(api_key=EMULATOR_KEY, parse_delay_s=0.2, processing_s=1.5, retry_after_s=0.01)
+    with RunningEmulator(config) as server:
+        yield server
+
+
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
     """A fast emulator on a free port; XAI_BASE_URL and XAI_API_KEY point at it."""

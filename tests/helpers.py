@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,3 +76,21 @@ def assert_answers_on_their_rows(output: Path, run_dir: Path) -> None:
     for row in pq.read_table(output).to_pylist():
         if row["status"] == "succeeded":
             assert row["response"] == expected_answer(bodies[row["custom_id"]]), row["custom_id"]
+
+
+def run_cli(args: list[str], api_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`grok-batch ARGS` in a fresh process (so GROK_BATCH_CRASH_AT can SIGKILL it), talking
+    to the test Prefect server; provider variables come only from `env`."""
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("XAI_", "OPENAI_"))},
+        "PREFECT_API_URL": api_url,
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )

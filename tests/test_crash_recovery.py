@@ -17,45 +17,17 @@ from emulator import EmulatorConfig, RunningEmulator
 from tasks import crashpoints
 from tasks.ledger import Ledger, default_ledger_url
 from tests.conftest import EMULATOR_KEY
-from tests.helpers import assert_answers_on_their_rows, write_csv
+from tests.helpers import assert_answers_on_their_rows, run_cli, write_csv
 
 pytestmark = pytest.mark.slow
 ROWS = 30
 SHARD_LINES = 10  # three shards, three batches
 
 
-@pytest.fixture(scope="module")
-def prefect_api_url(prefect_harness: None) -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return str(PREFECT_API_URL.value())
-
-
-@pytest.fixture
-def slow_emulator() -> RunningEmulator:
-    config = EmulatorConfig(api_key=EMULATOR_KEY, parse_delay_s=0.2, processing_s=1.5, retry_after_s=0.01)
-    with RunningEmulator(config) as server:
-        yield server
-
-
 def cli(
     args: list[str], emulator: RunningEmulator, api_url: str, key: str = EMULATOR_KEY, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **os.environ,
-        "PREFECT_API_URL": api_url,
-        "XAI_BASE_URL": emulator.url,
-        "XAI_API_KEY": key,
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_cli(args, api_url, XAI_BASE_URL=emulator.url, XAI_API_KEY=key, **env)
 
 
 def run_args(src: Path, out: Path, data_dir: Path) -> list[str]:

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-from emulator import EmulatorConfig, RunningEmulator
+from emulator import RunningEmulator
 from emulator.completions import chat_completion
 from tasks import crashpoints, runner
 from tasks.job import JobSpec, build_job
@@ -29,7 +27,7 @@ from tasks.providers.registry import make_provider
 from tasks.report import RunSummary
 from tasks.table_io import TableSource
 from tests.conftest import EMULATOR_KEY
-from tests.helpers import assert_answers_on_their_rows, request_bodies, write_csv
+from tests.helpers import assert_answers_on_their_rows, request_bodies, run_cli, write_csv
 
 BATCHES = "/openai/v1/batches"
 FILES = "/openai/v1/files"
@@ -309,38 +307,10 @@ ROWS = 30
 SHARD_LINES = 10  # three shards, three batches
 
 
-@pytest.fixture(scope="module")
-def prefect_api_url(prefect_harness: None) -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return str(PREFECT_API_URL.value())
-
-
-@pytest.fixture
-def slow_emulator() -> Iterator[RunningEmulator]:
-    config = EmulatorConfig(api_key=EMULATOR_KEY, parse_delay_s=0.2, processing_s=1.5, retry_after_s=0.01)
-    with RunningEmulator(config) as server:
-        yield server
-
-
 def cli(
     args: list[str], server: RunningEmulator, api_url: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("XAI_", "OPENAI_"))},
-        "PREFECT_API_URL": api_url,
-        "OPENAI_BASE_URL": server.openai_url,
-        "OPENAI_API_KEY": EMULATOR_KEY,
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_cli(args, api_url, OPENAI_BASE_URL=server.openai_url, OPENAI_API_KEY=EMULATOR_KEY, **env)
 
 
 @pytest.mark.slow

@@ -4,10 +4,8 @@ timestamps) proves what was paid for and how fast it was sent."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +27,7 @@ from tasks.run_layout import RunPaths, RunPlan
 from tasks.sync_run import read_journal
 from tasks.table_io import TableSource
 from tests.conftest import EMULATOR_KEY
-from tests.helpers import assert_answers_on_their_rows, request_bodies, write_csv
+from tests.helpers import assert_answers_on_their_rows, request_bodies, run_cli, write_csv
 
 CHAT = "/v1/chat/completions"
 OPENAI_CHAT = "/openai/v1/chat/completions"
@@ -160,31 +158,10 @@ def test_retry_after_of_a_429_pauses_every_worker(tmp_path: Path, emulator: Runn
     )
 
 
-@pytest.fixture(scope="module")
-def prefect_api_url(prefect_harness: None) -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return str(PREFECT_API_URL.value())
-
-
 def cli(
     args: list[str], server: RunningEmulator, api_url: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("XAI_", "OPENAI_"))},
-        "PREFECT_API_URL": api_url,
-        "XAI_BASE_URL": server.url,
-        "XAI_API_KEY": EMULATOR_KEY,
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_cli(args, api_url, XAI_BASE_URL=server.url, XAI_API_KEY=EMULATOR_KEY, **env)
 
 
 @pytest.mark.slow
