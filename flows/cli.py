@@ -138,8 +138,10 @@ def _show_result(result: dict[str, Any], data_dir: Path) -> None:
             f"  grok-batch resume {result['run_key']} --data-dir {data_dir}"
         )
         return
+    from tasks.report import RunSummary, cost_lines
+
     summary = result["summary"]
-    table = Table(title=f"run {summary['run_key']}: {summary['rows']} rows")
+    table = Table(title=f"run {summary['run_key']}: {summary['rows']} rows, mode {summary['mode']}")
     table.add_column("status")
     table.add_column("rows", justify="right")
     for status, count in summary["by_status"].items():
@@ -150,8 +152,10 @@ def _show_result(result: dict[str, Any], data_dir: Path) -> None:
     console.print(
         f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_tokens']}), "
         f"completion {tokens['completion_tokens']}, reasoning {tokens['reasoning_tokens']} · "
-        f"cost ${summary['cost_usd']:.6f} · rounds {summary['rounds']}"
+        f"rounds {summary['rounds']}"
     )
+    for line in cost_lines(RunSummary(**summary)):
+        console.print(line.removeprefix("- ").replace("**", ""), markup=False)
     for text in summary["rejected_files"]:
         err_console.print(f"[bold red]Rejected by the service:[/] {text}")
     console.print(f"output: [bold]{summary['output_path']}[/]")
