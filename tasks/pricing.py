@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +35,8 @@ COST_ABS_FLOOR_USD = 1e-6
 
 def _count(value: Any) -> int:
     """A token count from a usage field: missing, null, negative or non-numeric reads as 0."""
+    if type(value) is int:  # the common case first: this runs for every row of a batch
+        return value if value > 0 else 0
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
@@ -47,7 +49,7 @@ def _count(value: Any) -> int:
 def _details(usage: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
     for key in keys:
         value = usage.get(key)
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):  # the ABC check is slow
             return value
     return {}
 
@@ -59,8 +61,7 @@ def _first(usage: Mapping[str, Any], *keys: str) -> Any:
     return None
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):  # a tuple: built for every result row, ~4x cheaper than a frozen dataclass
     """Tokens of one request, provider-neutral.
 
     prompt_tokens includes cached_tokens; output_tokens is the visible completion and
