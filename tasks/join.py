@@ -42,8 +42,8 @@ _BATCH_NAME = re.compile(r"-r(\d+)-s(\d+)$")  # ledger.batch_name: grok-batch-<r
 class _RowStream:
     """Hands out exactly n rows at a time from a stream of record batches."""
 
-    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
-        self._batches = batches
+    def __init__(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema = MANIFEST_SCHEMA) -> None:
+        self._batches, self._schema = batches, schema
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
 
@@ -54,7 +54,7 @@ class _RowStream:
                 break
             self._buffer.append(batch)
             self._buffered += batch.num_rows
-        table = pa.Table.from_batches(self._buffer, schema=MANIFEST_SCHEMA)
+        table = pa.Table.from_batches(self._buffer, schema=self._schema)
         head, rest = table.slice(0, count), table.slice(count)
         self._buffer, self._buffered = rest.to_batches(), rest.num_rows
         return head
@@ -77,15 +77,18 @@ class _Outcomes:
     """Finds each row's final record while the rows stream past in input order.
 
     Round-1 shards hold consecutive rows, so only the one or two shards under the
-    current chunk are in memory; follow-up rounds (retried rows only) are loaded whole.
+    current chunk are in memory; rows answered from the row cache are streamed in input
+    order beside them; follow-up rounds (retried rows only) are loaded whole.
     """
 
     def __init__(self, paths: RunPaths, pricing: Pricing) -> None:
         self.paths, self.pricing = paths, pricing
         self.first_round: dict[int, Path] = {}
+        cached = (
+            pq.ParquetFile(paths.cached).iter_batches(batch_size=65_536) if paths.cached.exists() else None
+        )
+        self.cached = _RowStream(cached or iter(()), RESULT_SCHEMA)  # round 0, in input order
         later: list[pa.Table] = []
-        if paths.cached.exists():  # rows answered from the row cache: round 0
-            later.append(pq.read_table(paths.cached, schema=RESULT_SCHEMA))
         for file in sorted(paths.results_dir.glob("*.parquet")) if paths.results_dir.exists() else []:
             round_no, shard_no = _round_and_shard(file)
             if round_no == 1:
@@ -99,8 +102,8 @@ class _Outcomes:
         billed = pa.table(
             {
                 "custom_id": every_later.column("custom_id"),
-                "cost": pc.fill_null(pricing.at_prices(every_later), 0.0),
-                "service": pc.fill_null(every_later.column("service_cost_usd"), 0.0),
+                "cost": pricing.at_prices(every_later),
+                "service": every_later.column("service_cost_usd"),
             }
         )
         self.later_billed = billed.group_by("custom_id").aggregate([("cost", "sum"), ("service", "sum")])
@@ -119,12 +122,17 @@ class _Outcomes:
     def columns_for(self, manifest: pa.Table) -> pa.Table:
         """The appended columns for the manifest rows of one chunk, in their order."""
         shard_numbers = pc.unique(manifest.column("shard").drop_null()).to_pylist()
-        candidates = pa.concat_tables([self._shard(n) for n in sorted(shard_numbers)] + [self.later])
+        is_cached = pc.fill_null(manifest.column("cached"), False).to_numpy(zero_copy_only=False)
+        cached = self.cached.take(int(is_cached.sum()))
+        candidates = pa.concat_tables([self._shard(n) for n in sorted(shard_numbers)] + [self.later, cached])
         ids = manifest.column("custom_id")
-        first = len(candidates) - self.later.num_rows
+        first = len(candidates) - self.later.num_rows - cached.num_rows
         in_later = pc.index_in(ids, value_set=self.later.column("custom_id").combine_chunks())
         in_first = pc.index_in(ids, value_set=candidates.column("custom_id").slice(0, first).combine_chunks())
         pick = pc.if_else(pc.is_valid(in_later), pc.add(in_later, first), in_first)
+        if cached.num_rows:  # the k-th cached row of the chunk is the k-th row of `cached`
+            cached_at = first + self.later.num_rows + np.cumsum(is_cached) - 1
+            pick = pc.if_else(pa.array(is_cached), pa.array(cached_at), pc.cast(pick, pa.int64()))
         picked = candidates.take(pick)
         rejected = pc.is_valid(manifest.column("reject_reason"))
         status = pc.if_else(rejected, REJECTED, picked.column("status"))
@@ -154,17 +162,25 @@ class _Outcomes:
         """(cost_usd, service_cost_usd) per row over all its attempts: the final record's,
         or for a retried row round 1's plus every later round's."""
         cost = self.pricing.costs(picked, from_cache)
-        service = picked.column("service_cost_usd")
+        service = pc.if_else(
+            from_cache, pc.multiply(picked.column("service_cost_usd"), 0.0), picked.column("service_cost_usd")
+        )
         slot = pc.index_in(ids, value_set=self.later_billed.column("custom_id").combine_chunks())
         retried = pc.and_(pc.is_valid(slot), pc.greater(picked.column("round"), 1))
         if not pc.any(retried).as_py():
             return cost, service
         later = self.later_billed.take(slot)
-        first_cost = pc.fill_null(self.pricing.at_prices(first), 0.0)
-        first_service = pc.fill_null(first.column("service_cost_usd"), 0.0)
-        cost = pc.if_else(retried, pc.add(later.column("cost_sum"), first_cost), cost)
-        service = pc.if_else(retried, pc.add(later.column("service_sum"), first_service), service)
+        cost = pc.if_else(retried, _sum_known(later.column("cost_sum"), self.pricing.at_prices(first)), cost)
+        service = pc.if_else(
+            retried, _sum_known(later.column("service_sum"), first.column("service_cost_usd")), service
+        )
         return cost, service
+
+
+def _sum_known(a: pa.Array, b: pa.Array) -> pa.Array:
+    """a + b where a null counts as 0, unless both are null (nothing known: stays null)."""
+    total = pc.add(pc.fill_null(a, 0.0), pc.fill_null(b, 0.0))
+    return pc.if_else(pc.and_(pc.is_null(a), pc.is_null(b)), pa.scalar(None, pa.float64()), total)
 
 
 def _round_and_shard(results_file: Path) -> tuple[int, int]:
@@ -267,6 +283,8 @@ def write_output(
         raise
     if tally.rows != plan.total_rows:
         partial.unlink(missing_ok=True)
+        if cache is not None:
+            cache.close(keep=False)
         raise GrokBatchError(
             f"{plan.input_path} no longer has the {plan.total_rows} rows the run prepared; "
             "the input changed during the run"

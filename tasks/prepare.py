@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections import deque
 from collections.abc import Callable
@@ -244,15 +245,41 @@ def _prepare_once(
             f"{label}: id_column {job.id_column!r} is not a column of the table. "
             f"Columns present: {', '.join(schema.names)}"
         )
-    staging = paths.run_dir.with_name(paths.run_dir.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted prepare
+    # One staging folder per process: `estimate` prepares without the run's lease, so two
+    # processes may prepare the same run at once; the first to rename its folder wins.
+    staging = paths.run_dir.with_name(f"{paths.run_dir.name}.staging-{os.getpid()}")
+    _remove_dead_staging(paths.run_dir)
     try:
         plan = _write_staged(source, job, schema, RunPaths(staging), paths, key, input_sha, cache_folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    staging.replace(paths.run_dir)
+    try:
+        staging.replace(paths.run_dir)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not paths.plan.exists():
+            raise
+        return RunPlan.load(paths)  # another process prepared the same run first
     return plan
+
+
+def _remove_dead_staging(run_dir: Path) -> None:
+    """Leftovers of a prepare whose process died (a crash, a SIGKILL)."""
+    for leftover in run_dir.parent.glob(f"{run_dir.name}.staging*"):
+        pid = leftover.name.rpartition("-")[2]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_staged(

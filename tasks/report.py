@@ -58,19 +58,20 @@ class Tally:
 
     def add(self, chunk: pa.Table, saved_usd: float = 0.0) -> None:
         self.rows += chunk.num_rows
+        sent = chunk.filter(pc.invert(chunk.column("from_cache")))  # tokens and fees this run paid
         self.saved_usd += saved_usd
         self.from_cache += int(pc.sum(chunk.column("from_cache")).as_py() or 0)
         answered = pc.is_valid(chunk.column("prompt_tokens"))
         self.unpriced_rows += int(
             pc.sum(pc.and_(answered, pc.is_null(chunk.column("cost_usd")))).as_py() or 0
         )
-        service = chunk.filter(pc.invert(chunk.column("from_cache"))).column("service_cost_usd")
+        service = sent.column("service_cost_usd")
         if service.null_count < len(service):
             self.service_cost_usd = (self.service_cost_usd or 0.0) + float(pc.sum(service).as_py() or 0.0)
         for item in chunk.group_by("status").aggregate([("status", "count")]).to_pylist():
             self.by_status[item["status"]] = self.by_status.get(item["status"], 0) + item["status_count"]
         for name in TOKEN_COLUMNS:
-            self.tokens[name] += int(pc.sum(chunk.column(name)).as_py() or 0)
+            self.tokens[name] += int(pc.sum(sent.column(name)).as_py() or 0)
         self.cost_usd += float(pc.sum(chunk.column("cost_usd")).as_py() or 0.0)
         errors = chunk.filter(pc.is_valid(chunk.column("error")))
         if errors.num_rows:

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.job import JobSpec
+from tasks.providers.registry import PROVIDERS
 from tasks.records import RESULT_SCHEMA
 
 CACHE_ENV = "GROK_BATCH_CACHE_DIR"
@@ -46,9 +47,12 @@ def cache_root(runs_root: Path) -> Path:
 
 
 def namespace(job: JobSpec) -> str:
-    """Hash of the request around the prompt: answers are reusable only within it."""
+    """Hash of the request around the prompt, and of the server that answers it (an
+    emulator's answers must never stand in for the real service's): answers are reusable
+    only within it."""
     around = {
         "provider": job.provider,
+        "server": PROVIDERS[job.provider].resolve_base_url(job.base_url),
         "model": job.model,
         "system": job.system,
         "params": job.request_params,
@@ -69,7 +73,8 @@ class CacheIndex:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.segments = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        found = folder.glob("*.parquet") if folder.is_dir() else []
+        self.segments = sorted(found, key=lambda f: f.stat().st_mtime_ns)  # oldest first
         chunks = [pq.read_table(f, columns=["request_key"]).column(0) for f in self.segments]
         self.keys = pc.unique(pa.chunked_array(chunks, type=KEY_TYPE)) if chunks else pa.array([], KEY_TYPE)
 

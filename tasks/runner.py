@@ -33,7 +33,14 @@ from tasks.sync_run import SyncLimits, answer_planned
 from tasks.table_io import TableSource, file_sha256
 
 logger = logging.getLogger("grok_batch")
-LEASE_S = 300.0  # renewed on every poll; a dead holder on this machine is taken over at once
+LEASE_S = 300.0
+# Batch steps from which the run may be paying for tokens (a rerun keeps going regardless).
+_SPENDING_STEPS = (
+    "creating",
+    "created",
+    "answering",
+    "collected",
+)  # renewed on every poll; a dead holder on this machine is taken over at once
 
 
 @dataclass(frozen=True)
@@ -119,8 +126,8 @@ def start_run(
     ledger.claim(key, this_holder(), LEASE_S)  # before prepare: two processes never both write
     try:
         plan = prepare_run(source, job, runs_root, input_sha)
-        if not ledger.batches(key):  # a new run: nothing sent yet, so the budget still applies
-            check_budget(estimate_plan(plan, job), job)
+        if not any(row.step in _SPENDING_STEPS for row in ledger.batches(key)):
+            check_budget(estimate_plan(plan, job), job)  # nothing paid for yet: the budget applies
     except BaseException:
         ledger.update_run(key, state="failed")
         ledger.release(key, this_holder())

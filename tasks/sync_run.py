@@ -46,6 +46,7 @@ class SyncLimits:
     tokens_per_minute: int = 1_000_000
     max_tries: int = 6
     max_retry_wait_s: float = 60.0
+    timeout_s: float = 900.0
 
 
 def estimated_tokens(line: bytes, body: dict[str, Any]) -> int:
@@ -76,28 +77,41 @@ def _requests(shard_path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
 
 
 class _Asker:
-    """Sends one request with pacing and retries; returns its normalized record fields."""
+    """Sends one request with pacing and retries; returns its normalized record fields.
+    Only a refused key escapes (every row would fail alike); anything else that goes
+    wrong with one request becomes that row's failed record, so no paid answer is lost."""
 
     def __init__(self, provider: SdkProvider, limits: SyncLimits, limiter: RateLimiter) -> None:
-        self.client = provider.client.with_options(max_retries=0)  # retries are paced here
+        # Retries are paced here; a long read timeout, because a timed-out request may
+        # still be answered and billed, and is not sent again within this round.
+        self.client = provider.client.with_options(max_retries=0, timeout=limits.timeout_s)
         self.reasoning_in_completion = provider.reasoning_in_completion
         self.limits, self.limiter = limits, limiter
 
     def __call__(self, line: bytes, request: dict[str, Any]) -> dict[str, Any]:
-        body = request["body"]
-        tokens = estimated_tokens(line, body)
+        try:
+            return self._ask(request["body"], estimated_tokens(line, request["body"]))
+        except ProviderError:
+            raise
+        except Exception as exc:  # a proxy's HTML page, a body that is not a completion, ...
+            return _failed(f"unexpected reply: {type(exc).__name__}: {exc}", retryable=True)
+
+    def _ask(self, body: dict[str, Any], tokens: int) -> dict[str, Any]:
         last_error = ""
         for attempt in range(self.limits.max_tries):
             self.limiter.acquire(tokens)
             try:
-                raw = self.client.post("/chat/completions", cast_to=bytes, body=body)
-                return completion_fields(
-                    orjson.loads(raw), reasoning_in_completion=self.reasoning_in_completion
-                )
+                reply = orjson.loads(self.client.post("/chat/completions", cast_to=bytes, body=body))
             except _FATAL as exc:
                 raise ProviderError(
                     f"chat completion refused: HTTP {exc.status_code}: {status_text(exc)}"
                 ) from None
+            except openai.APITimeoutError:
+                return _failed(
+                    f"no reply within {self.limits.timeout_s:.0f} s; the service may still have answered "
+                    "(and billed) it",
+                    retryable=True,
+                )
             except _TRANSIENT as exc:
                 last_error = status_text(exc) if isinstance(exc, openai.APIStatusError) else str(exc)
                 delay = retry_delay(exc, attempt, cap_s=self.limits.max_retry_wait_s)
@@ -105,17 +119,27 @@ class _Asker:
                     self.limiter.pause(delay)  # the limit is shared: every worker waits
                 else:
                     time.sleep(delay)
+                continue
             except openai.APIStatusError as exc:  # 4xx: this request itself is refused
-                return {
-                    "status": FAILED,
-                    "error": f"HTTP {exc.status_code}: {status_text(exc)}",
-                    "retryable": False,
-                }
-        return {
-            "status": FAILED,
-            "error": f"no answer after {self.limits.max_tries} tries: {last_error}",
-            "retryable": True,
-        }
+                return _failed(f"HTTP {exc.status_code}: {status_text(exc)}", retryable=False)
+            if not isinstance(reply, dict) or not reply.get("choices"):
+                return _failed(f"the reply holds no completion: {str(reply)[:200]}", retryable=True)
+            return completion_fields(reply, reasoning_in_completion=self.reasoning_in_completion)
+        return _failed(f"no answer after {self.limits.max_tries} tries: {last_error}", retryable=True)
+
+
+def _failed(error: str, *, retryable: bool) -> dict[str, Any]:
+    return {"status": FAILED, "error": error, "retryable": retryable}
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Cut a last line a crash left half written, so appends start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def answer_shard(
@@ -132,6 +156,7 @@ def answer_shard(
     """Answer the shard's requests that the journal lacks. `heartbeat(answered)` runs every
     few seconds and returns False to stop sending (the run was cancelled). Returns True
     when every request of the shard has its record, False when stopped or out of budget."""
+    _trim_torn_tail(journal_path)
     answered = set(read_journal(journal_path))
     ask = _Asker(provider, limits, limiter)
     started = last_beat = time.monotonic()
@@ -139,6 +164,13 @@ def answer_shard(
     pending: dict[Future[dict[str, Any]], str] = {}
     todo = ((line, req) for line, req in _requests(shard_path) if req["custom_id"] not in answered)
     with journal_path.open("ab") as journal, ThreadPoolExecutor(limits.concurrency, "sync") as pool:
+
+        def record(future: Future[dict[str, Any]]) -> None:
+            custom_id = pending.pop(future)
+            journal.write(orjson.dumps({"custom_id": custom_id, **future.result()}) + b"\n")
+            journal.flush()  # in the OS's hands: survives a killed process
+            answered.add(custom_id)
+
         try:
             while True:
                 while not stopped and not exhausted and len(pending) < 2 * limits.concurrency:
@@ -151,11 +183,7 @@ def answer_shard(
                     break
                 done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
-                    custom_id = pending.pop(future)
-                    record = {"custom_id": custom_id, **future.result()}
-                    journal.write(orjson.dumps(record) + b"\n")
-                    journal.flush()  # in the OS's hands: survives a killed process
-                    answered.add(custom_id)
+                    record(future)
                     crashpoint(AFTER_SYNC_ANSWER)
                 now = time.monotonic()
                 if now - last_beat >= heartbeat_s:
@@ -163,12 +191,29 @@ def answer_shard(
                     stopped = stopped or not heartbeat(len(answered))
                 if budget_s is not None and now - started >= budget_s:
                     stopped = True
+                if stopped:  # queued requests are not sent; those in flight are awaited
+                    for future in [f for f in pending if f.cancel()]:
+                        del pending[future]
         except BaseException:
-            for future in pending:
-                future.cancel()
+            _journal_what_finished(pending, record)
             raise
     heartbeat(len(answered))
-    return exhausted
+    return exhausted and not pending
+
+
+def _journal_what_finished(
+    pending: dict[Future[dict[str, Any]], str], record: Callable[[Future[dict[str, Any]]], None]
+) -> None:
+    """On the way out with an error: nothing more is sent, and every answer already paid
+    for is journaled (the rerun sends only the rest)."""
+    for future in [f for f in pending if f.cancel()]:
+        del pending[future]
+    wait(list(pending))
+    for future in list(pending):
+        if future.exception() is None:
+            record(future)
+        else:
+            del pending[future]
 
 
 def answer_planned(

@@ -477,3 +477,19 @@ def test_budget_cannot_be_checked_for_a_model_without_prices(
             reviews(tmp_path), job(model="grok-9-preview", max_cost_usd=1.0), data_dir, tmp_path / "o.parquet"
         )
     assert emulator.state.request_log == []
+
+
+def test_budget_still_applies_to_a_rerun_of_a_run_that_never_sent_anything(
+    tmp_path: Path, emulator: RunningEmulator, data_dir: Path
+) -> None:
+    # First attempt: within budget, planned, then stopped before any upload (a Ctrl-C, a
+    # failed upload). The rerun asks for a smaller budget: max_cost_usd is not part of the
+    # run key, so it finds the same run, and must still check the budget.
+    src = estimate_table(tmp_path)
+    base = {"model": "grok-4.3", "prompt": "{{ text }}", "params": {"max_tokens": 50}, "id_column": "id"}
+    out = tmp_path / "out.parquet"
+    first = _start(src, build_job(None, {**base, "max_cost_usd": 0.01}), data_dir, out)
+    assert [row.step for row in Ledger(default_ledger_url(data_dir)).batches(first.run_key)] == ["planned"]
+    with pytest.raises(InputError, match=r"max_cost_usd.*\$0\.0022"):
+        _start(src, build_job(None, {**base, "max_cost_usd": 0.002}), data_dir, out)
+    assert emulator.state.request_log == []

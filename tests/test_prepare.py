@@ -100,7 +100,7 @@ def test_id_column_makes_ids_and_must_be_unique_and_present(tmp_path: Path) -> N
         prepare_run(TableSource(nulls), build_job(None, {**JOB, "id_column": "id"}), tmp_path / "runs")
     with pytest.raises(InputError, match=r"id_column 'key' is not a column"):
         prepare_run(TableSource(src), build_job(None, {**JOB, "id_column": "key"}), tmp_path / "runs")
-    assert not list((tmp_path / "runs").glob("*.staging"))  # failed prepares leave nothing behind
+    assert not list((tmp_path / "runs").glob("*.staging*"))  # failed prepares leave nothing behind
 
 
 def test_result_column_clash_names_the_option(tmp_path: Path) -> None:

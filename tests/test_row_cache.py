@@ -230,3 +230,21 @@ def test_all_rows_cached_completes_without_any_batch(
     text = report(out)
     assert "- from the row cache: 12 row(s), not sent" in text
     assert "- cost: $0.000000" in text
+
+
+def test_answers_from_another_server_are_never_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The emulator's answers must never stand in for the real service's: the server that
+    # answers (job base_url, else the provider's variable, else the public URL) is part of
+    # the cache namespace.
+    from tasks.row_cache import namespace
+
+    spec = job()
+    monkeypatch.delenv("XAI_BASE_URL", raising=False)
+    public = namespace(spec)
+    monkeypatch.setenv("XAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    from_env = namespace(spec)
+    assert (
+        len({public, from_env, namespace(spec.model_copy(update={"base_url": "http://127.0.0.1:9/v1"}))}) == 3
+    )
+    assert namespace(spec.model_copy(update={"base_url": "http://127.0.0.1:8000/v1"})) == from_env
+    assert namespace(spec.model_copy(update={"provider": "openai"})) != from_env

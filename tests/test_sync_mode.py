@@ -417,3 +417,55 @@ def test_model_the_batch_endpoint_refuses_still_runs_in_sync_mode(
     assert [r["status"] for r in rows_of(out)] == ["succeeded"] * 5
     assert emulator.state.count("POST", CHAT, 200) == 5 and paths_used(emulator) == {CHAT}
     assert_answers_on_their_rows(out, handle.run_dir)
+
+
+def test_a_reply_that_is_not_a_completion_fails_its_row_and_loses_no_paid_answer(tmp_path: Path) -> None:
+    # A proxy answers one request with an HTML page (status 200): that row fails (and is
+    # retried next round); every other answer is journaled; nothing escapes the shard.
+    import http.server
+    import json as jsonlib
+
+    from emulator.completions import chat_completion as completion
+    from tasks.providers.xai import XaiProvider
+    from tasks.ratelimit import RateLimiter
+    from tasks.sync_run import SyncLimits, answer_shard
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = jsonlib.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            html = "r3" in body["messages"][-1]["content"]
+            data = b"<html>bad gateway</html>" if html else jsonlib.dumps(completion(body, 0)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html" if html else "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        shard = tmp_path / "shard.jsonl"
+        lines = [
+            {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "grok-4.3", "messages": [{"role": "user", "content": f"row r{i}"}]}}
+            for i in range(8)
+        ]  # fmt: skip
+        shard.write_text("".join(jsonlib.dumps(line) + "\n" for line in lines))
+        journal = tmp_path / "journal.jsonl"
+        journal.write_bytes(b'{"custom_id": "c0", "sta')  # a line torn by an earlier crash
+        provider = XaiProvider(f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="k")
+        limits = SyncLimits(concurrency=4, requests_per_minute=60_000)
+        done = answer_shard(
+            provider, shard, journal, limits, RateLimiter(60_000, 10**9), heartbeat=lambda _: True
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = read_journal(journal)
+    assert done and sorted(records) == [f"c{i}" for i in range(8)]
+    assert records["c3"]["status"] == "failed" and records["c3"]["retryable"] is True
+    assert "unexpected reply" in records["c3"]["error"] or "no completion" in records["c3"]["error"]
+    assert all(records[f"c{i}"]["status"] == "succeeded" for i in range(8) if i != 3)

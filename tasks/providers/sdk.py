@@ -43,7 +43,7 @@ class SdkProvider:
         create_attempts: int = 8,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.base_url = (base_url or os.environ.get(self.base_url_env) or self.default_base_url).rstrip("/")
+        self.base_url = self.resolve_base_url(base_url)
         self.client = openai.OpenAI(
             base_url=self.base_url,
             api_key=api_key or resolve_api_key(self.api_key_env, self.secret_block),
@@ -52,6 +52,11 @@ class SdkProvider:
         )
         self._create_attempts = create_attempts
         self._sleep = sleep
+
+    @classmethod
+    def resolve_base_url(cls, base_url: str | None = None) -> str:
+        """The job's URL, else the provider's environment variable, else the public service."""
+        return (base_url or os.environ.get(cls.base_url_env) or cls.default_base_url).rstrip("/")
 
     def _call(self, what: str, request: Callable[[], Any]) -> Any:
         try:
