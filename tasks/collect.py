@@ -18,7 +18,7 @@ from tasks.ledger import BatchRow
 from tasks.providers.base import BatchProvider, BatchState
 from tasks.records import CANCELLED, EXPIRED, FAILED, INVALID_OUTPUT, RESULT_SCHEMA, SUCCEEDED
 from tasks.run_layout import RunPaths
-from tasks.structured import check_answer
+from tasks.structured import answer_check
 
 
 @contextmanager
@@ -72,11 +72,12 @@ def answer_checker(schema: dict[str, Any] | None, retry: bool) -> AnswerCheck | 
     was cut off) into `invalid_output`, keeping the raw text; retried if the job says so."""
     if schema is None:
         return None
+    check_answer = answer_check(schema)
 
     def check(record: dict[str, Any]) -> None:
         if record["status"] != SUCCEEDED:
             return
-        reason = check_answer(record.get("response"), record.get("finish_reason"), schema)
+        reason = check_answer(record.get("response"), record.get("finish_reason"))
         if reason is not None:
             record.update(status=INVALID_OUTPUT, error=reason, retryable=retry)
 

@@ -303,22 +303,89 @@ def _shorten(message: str) -> str:
     return message if len(message) <= _MAX_REASON else message[: _MAX_REASON - 3] + "..."
 
 
+AnswerCheck = Callable[[str | None, str | None], str | None]
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+
+
+def _flat_checker(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
+    """A fast yes/no for the flat schemas `columns:` produces (every property required,
+    nothing else allowed, simple types or a string enum, optionally nullable); None for any
+    other schema. jsonschema costs ~20 us an answer; this ~1 us. A "no" is explained by
+    jsonschema, so the reasons stay the same."""
+    props = schema.get("properties")
+    if (
+        schema.get("type") != "object"
+        or schema.get("additionalProperties") is not False
+        or not isinstance(props, dict)
+        or sorted(schema.get("required") or []) != sorted(props)
+        or set(schema) - {"type", "properties", "required", "additionalProperties"}
+    ):
+        return None
+    fields: list[tuple[str, tuple[type, ...], bool, frozenset[Any] | None]] = []
+    for name, prop in props.items():
+        if not isinstance(prop, dict) or set(prop) - {"type", "enum"}:
+            return None
+        kinds = prop.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not isinstance(kinds, list) or not kinds:
+            return None
+        nullable = "null" in kinds
+        base = [k for k in kinds if k != "null"]
+        if len(base) != 1 or base[0] not in _SIMPLE_TYPES:
+            return None
+        enum = prop.get("enum")
+        fields.append((name, _SIMPLE_TYPES[base[0]], nullable, frozenset(enum) if enum is not None else None))
+    names = frozenset(props)
+
+    def fits(answer: Any) -> bool:
+        if type(answer) is not dict or answer.keys() != names:
+            return False
+        for name, types, nullable, enum in fields:
+            value = answer[name]
+            if value is None:
+                if not nullable:
+                    return False
+                continue
+            if type(value) is bool and bool not in types:  # JSON true is not an integer
+                return False
+            if not isinstance(value, types) or (enum is not None and value not in enum):
+                return False
+        return True
+
+    return fits
+
+
+def answer_check(schema: dict[str, Any]) -> AnswerCheck:
+    """check_answer for one schema, with the validator (and the fast path) built once."""
+    validator = _validator(schema)
+    fits = _flat_checker(schema) or validator.is_valid
+
+    def check(text: str | None, finish_reason: str | None) -> str | None:
+        if finish_reason == "length":
+            return TRUNCATED
+        if text is None:
+            return "not JSON: the answer has no text"
+        try:
+            answer = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return f"not JSON: {exc}"
+        if fits(answer) or validator.is_valid(answer):
+            return None
+        error = best_match(validator.iter_errors(answer))
+        if error is None:  # pragma: no cover - is_valid said there is one
+            return "does not fit the schema"
+        return f"does not fit the schema: at {error.json_path}: {_shorten(error.message)}"
+
+    return check
+
+
 def check_answer(text: str | None, finish_reason: str | None, schema: dict[str, Any]) -> str | None:
     """None when `text` is a JSON object that fits `schema`; otherwise a short reason for the
     row's error column. Truncation is checked first: a cut-off answer is rarely valid JSON,
     and "not JSON" would hide that raising max_tokens is the fix."""
-    if finish_reason == "length":
-        return TRUNCATED
-    if text is None:
-        return "not JSON: the answer has no text"
-    try:
-        answer = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        return f"not JSON: {exc}"
-    validator = _validator(schema)
-    if validator.is_valid(answer):
-        return None
-    error = best_match(validator.iter_errors(answer))
-    if error is None:  # pragma: no cover - is_valid said there is one
-        return "does not fit the schema"
-    return f"does not fit the schema: at {error.json_path}: {_shorten(error.message)}"
+    return answer_check(schema)(text, finish_reason)

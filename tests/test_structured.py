@@ -215,3 +215,31 @@ def test_typed_columns_of_nothing() -> None:
     got = typed_columns([], SCHEMA)
     assert all(len(array) == 0 for array in got.values())
     assert got["score"].type == pa.int64()
+
+
+def test_the_fast_path_for_flat_schemas_agrees_with_jsonschema() -> None:
+    # answer_check skips jsonschema for the flat schemas `columns:` makes; it must accept
+    # exactly what jsonschema accepts, whatever the answer holds.
+    import itertools
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from tasks.structured import answer_check, schema_from_columns
+
+    schema = schema_from_columns(
+        {"label": ["a", "b"], "n": "integer", "x": "number?", "ok": "boolean", "note": "string?"}
+    )
+    reference = Draft202012Validator(schema)
+    check = answer_check(schema)
+    values = [None, "a", "c", 1, 2.0, 2.5, True, False, [], {}]
+    checked = accepted = 0
+    for label, n, x, ok in itertools.product(values, repeat=4):
+        for extra in ({}, {"more": 1}):
+            answer = {"label": label, "n": n, "x": x, "ok": ok, "note": "t", **extra}
+            ours = check(json.dumps(answer), "stop") is None
+            assert ours == reference.is_valid(answer), answer
+            checked, accepted = checked + 1, accepted + ours
+    missing = {"label": "a", "n": 1, "x": None, "ok": True}
+    assert check(json.dumps(missing), "stop") is not None  # `note` is required
+    assert checked == 20_000 and accepted > 0
