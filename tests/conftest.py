@@ -69,6 +69,14 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
 
 
 @pytest.fixture
+def openai_emulator(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> RunningEmulator:
+    """The same emulator, with OPENAI_BASE_URL and OPENAI_API_KEY pointing at its OpenAI protocol."""
+    monkeypatch.setenv("OPENAI_BASE_URL", emulator.openai_url)
+    monkeypatch.setenv("OPENAI_API_KEY", EMULATOR_KEY)
+    return emulator
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()

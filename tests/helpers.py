@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from emulator.completions import expected_answer
 from tasks import runner
 from tasks.job import JobSpec
 from tasks.ledger import Ledger, default_ledger_url
-from tasks.providers.xai import XaiProvider
+from tasks.providers.base import BatchProvider
+from tasks.providers.registry import make_provider
 from tasks.report import RunSummary
 from tasks.table_io import TableSource
 
@@ -30,6 +32,31 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def run_to_end(
+    input_path: Path,
+    job: JobSpec,
+    data_dir: Path,
+    output: Path,
+    *,
+    timeout_s: float = 60.0,
+    overwrite: bool = False,
+    on_start: Callable[[Ledger, runner.RunHandle], None] | None = None,
+    on_progress: Callable[[runner.Progress], None] | None = None,
+) -> tuple[RunSummary, runner.RunHandle]:
+    """Run the pipeline with the plain functions (no Prefect) and the provider the job
+    names, bounded in time."""
+    ledger = Ledger(default_ledger_url(data_dir))
+    try:
+        provider = make_provider(job.provider, job.base_url)
+        handle = runner.start_run(TableSource(input_path), job, data_dir / "runs", ledger, output, overwrite)
+        if on_start is not None:
+            on_start(ledger, handle)
+        advance_until_complete(ledger, provider, handle, timeout_s, on_progress)
+        return runner.finish(ledger, handle, output, overwrite), handle
+    finally:
+        ledger.close()
+
+
 def drive_to_end(
     input_path: Path,
     job: JobSpec,
@@ -39,25 +66,29 @@ def drive_to_end(
     timeout_s: float = 60.0,
     overwrite: bool = False,
 ) -> RunSummary:
-    """Run the pipeline with the plain functions (no Prefect), bounded in time."""
-    ledger = Ledger(default_ledger_url(data_dir))
-    try:
-        provider = XaiProvider()
-        handle = runner.start_run(TableSource(input_path), job, data_dir / "runs", ledger, output, overwrite)
-        advance_until_complete(ledger, provider, handle, timeout_s)
-        return runner.finish(ledger, handle, output, overwrite)
-    finally:
-        ledger.close()
+    return run_to_end(input_path, job, data_dir, output, timeout_s=timeout_s, overwrite=overwrite)[0]
 
 
 def advance_until_complete(
-    ledger: Ledger, provider: XaiProvider, handle: runner.RunHandle, timeout_s: float = 60.0
+    ledger: Ledger,
+    provider: BatchProvider,
+    handle: runner.RunHandle,
+    timeout_s: float = 60.0,
+    on_progress: Callable[[runner.Progress], None] | None = None,
 ) -> None:
     """Advance a run until every row has its outcome; fails the test past `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while not runner.advance(ledger, provider, handle).complete:
-        assert time.monotonic() < deadline, "run did not finish in time"
-        time.sleep(0.05)
+    while not (progress := runner.advance(ledger, provider, handle)).complete:
+        if on_progress is not None:
+            on_progress(progress)
+        assert time.monotonic() < deadline, f"run did not finish in {timeout_s} s: {progress}"
+        time.sleep(0.05)  # batch mode: give the batches time; sync passes do their own work
+
+
+def review_rows(count: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"r{i}", "text": f"review {i}: {'great' if i % 3 else 'broken'} thing"} for i in range(count)
+    ]
 
 
 def request_bodies(run_dir: Path) -> dict[str, dict[str, Any]]:

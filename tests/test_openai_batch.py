@@ -9,7 +9,6 @@ import json
 import logging
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,26 +26,19 @@ from tasks.providers.registry import make_provider
 from tasks.report import RunSummary
 from tasks.table_io import TableSource
 from tests.conftest import EMULATOR_KEY
-from tests.helpers import assert_answers_on_their_rows, request_bodies, run_cli, write_csv
+from tests.helpers import (
+    assert_answers_on_their_rows,
+    request_bodies,
+    review_rows,
+    run_cli,
+    run_to_end,
+    write_csv,
+)
 
 BATCHES = "/openai/v1/batches"
 FILES = "/openai/v1/files"
 REASONING_MODEL = "grok-4.20-0309-reasoning"
 JOB = {"provider": "openai", "model": "gpt-4o-mini", "prompt": "Classify: {{ text }}"}
-
-
-@pytest.fixture
-def openai_emulator(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> RunningEmulator:
-    """The fast emulator of conftest, with OPENAI_BASE_URL and OPENAI_API_KEY pointing at it."""
-    monkeypatch.setenv("OPENAI_BASE_URL", emulator.openai_url)
-    monkeypatch.setenv("OPENAI_API_KEY", EMULATOR_KEY)
-    return emulator
-
-
-def reviews(count: int) -> list[dict[str, Any]]:
-    return [
-        {"id": f"r{i}", "text": f"review {i}: {'great' if i % 3 else 'broken'} thing"} for i in range(count)
-    ]
 
 
 def run_pipeline(
@@ -57,20 +49,8 @@ def run_pipeline(
     on_progress: Callable[[runner.Progress], None] | None = None,
     timeout_s: float = 30.0,
 ) -> tuple[RunSummary, Path]:
-    """start_run -> advance until complete -> finish, with the provider the job names."""
-    ledger = Ledger(default_ledger_url(data_dir))
-    try:
-        provider = make_provider(job.provider, job.base_url)
-        handle = runner.start_run(TableSource(src), job, data_dir / "runs", ledger, out)
-        deadline = time.monotonic() + timeout_s
-        while not (progress := runner.advance(ledger, provider, handle)).complete:
-            if on_progress is not None:
-                on_progress(progress)
-            assert time.monotonic() < deadline, f"run did not finish in {timeout_s} s: {progress}"
-            time.sleep(0.05)
-        return runner.finish(ledger, handle, out, overwrite=False), handle.run_dir
-    finally:
-        ledger.close()
+    summary, handle = run_to_end(src, job, data_dir, out, timeout_s=timeout_s, on_progress=on_progress)
+    return summary, handle.run_dir
 
 
 def rows_of(out: Path) -> list[dict[str, Any]]:
@@ -96,7 +76,7 @@ def xai_paths_used(server: RunningEmulator) -> list[str]:
 def test_openai_pipeline_answers_every_row_once_per_shard_with_normalized_tokens(
     tmp_path: Path, openai_emulator: RunningEmulator
 ) -> None:
-    src = write_csv(tmp_path / "in.csv", reviews(50))
+    src = write_csv(tmp_path / "in.csv", review_rows(50))
     job = build_job(None, {**JOB, "model": REASONING_MODEL, "id_column": "id", "shard_max_lines": 20})
     assert isinstance(make_provider(job.provider, job.base_url), OpenAIBatchProvider)
     out = tmp_path / "openai.parquet"
@@ -153,7 +133,7 @@ def test_expired_batch_keeps_paid_rows_and_sends_only_the_rest_again(
         if progress.round_no == 2:
             openai_emulator.configure(expire_after_s=86_400.0, processing_s=0.2)
 
-    src = write_csv(tmp_path / "in.csv", reviews(40))
+    src = write_csv(tmp_path / "in.csv", review_rows(40))
     out = tmp_path / "out.parquet"
     summary, run_dir = run_pipeline(
         src,
@@ -185,7 +165,7 @@ def test_expiry_on_the_last_attempt_ends_the_rest_expired(
     tmp_path: Path, openai_emulator: RunningEmulator
 ) -> None:
     expire_part_way(openai_emulator)
-    src = write_csv(tmp_path / "in.csv", reviews(40))
+    src = write_csv(tmp_path / "in.csv", review_rows(40))
     out = tmp_path / "out.parquet"
     summary, run_dir = run_pipeline(
         src, build_job(None, {**JOB, "id_column": "id", "max_attempts": 1}), tmp_path / "data", out
@@ -208,7 +188,7 @@ def test_completed_with_every_row_in_the_error_file_fails_rows_after_all_attempt
     tmp_path: Path, openai_emulator: RunningEmulator
 ) -> None:
     openai_emulator.configure(fail_rate=1.0)
-    src = write_csv(tmp_path / "in.csv", reviews(20))
+    src = write_csv(tmp_path / "in.csv", review_rows(20))
     out = tmp_path / "out.parquet"
     summary, _ = run_pipeline(
         src, build_job(None, {**JOB, "id_column": "id", "max_attempts": 3}), tmp_path / "data", out
@@ -233,7 +213,7 @@ def test_empty_string_error_file_id_on_a_clean_batch(
     openai_emulator.configure(error_file_id_empty=True)
     # The job's base_url wins over OPENAI_BASE_URL (here a port nothing listens on).
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    src = write_csv(tmp_path / "in.csv", reviews(20))
+    src = write_csv(tmp_path / "in.csv", review_rows(20))
     out = tmp_path / "out.parquet"
     job = build_job(None, {**JOB, "id_column": "id", "base_url": openai_emulator.openai_url})
     summary, run_dir = run_pipeline(src, job, tmp_path / "data", out)
@@ -248,7 +228,7 @@ def test_file_refused_at_validation_fails_rows_with_the_service_message(
     tmp_path: Path, openai_emulator: RunningEmulator
 ) -> None:
     openai_emulator.configure(openai_models=["gpt-4o-mini"])
-    src = write_csv(tmp_path / "in.csv", reviews(20))
+    src = write_csv(tmp_path / "in.csv", review_rows(20))
     out = tmp_path / "out.parquet"
     job = build_job(None, {**JOB, "id_column": "id", "model": "gpt-4.1-mini", "max_attempts": 3})
     summary, _ = run_pipeline(src, job, tmp_path / "data", out)
@@ -268,7 +248,7 @@ def test_lost_create_reply_is_found_by_metadata_name(
     tmp_path: Path, openai_emulator: RunningEmulator
 ) -> None:
     openai_emulator.configure(drop_after_create_rate=1.0)  # every batch is created, every reply lost
-    src = write_csv(tmp_path / "in.csv", reviews(30))
+    src = write_csv(tmp_path / "in.csv", review_rows(30))
     out = tmp_path / "out.parquet"
     job = build_job(None, {**JOB, "id_column": "id", "shard_max_lines": 10})
     summary, run_dir = run_pipeline(src, job, tmp_path / "data", out)
@@ -285,7 +265,7 @@ def test_catalogued_openai_model_gets_no_provider_mismatch_warning(
 ) -> None:
     # gpt-4o-mini is listed under provider openai in the catalog and the job uses provider
     # openai: nothing to warn about.
-    src = write_csv(tmp_path / "in.csv", reviews(3))
+    src = write_csv(tmp_path / "in.csv", review_rows(3))
     ledger = Ledger(default_ledger_url(tmp_path / "data"))
     try:
         with caplog.at_level(logging.WARNING, logger="grok_batch"):

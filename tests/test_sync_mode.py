@@ -21,33 +21,24 @@ from emulator.completions import chat_completion
 from tasks import crashpoints, runner
 from tasks.job import JobSpec, build_job
 from tasks.ledger import Ledger, default_ledger_url
-from tasks.providers.registry import make_provider
 from tasks.report import RunSummary
 from tasks.run_layout import RunPaths, RunPlan
 from tasks.sync_run import read_journal
-from tasks.table_io import TableSource
 from tests.conftest import EMULATOR_KEY
-from tests.helpers import assert_answers_on_their_rows, request_bodies, run_cli, write_csv
+from tests.helpers import (
+    assert_answers_on_their_rows,
+    request_bodies,
+    review_rows,
+    run_cli,
+    run_to_end,
+    write_csv,
+)
 
 CHAT = "/v1/chat/completions"
 OPENAI_CHAT = "/openai/v1/chat/completions"
 REASONING_MODEL = "grok-4.20-0309-reasoning"
 FAST = {"sync_requests_per_minute": 60_000, "sync_concurrency": 4}  # pacing out of the way
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}", "id_column": "id", "mode": "sync", **FAST}
-
-
-@pytest.fixture
-def both_protocols(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> RunningEmulator:
-    """The fast emulator; XAI_* (conftest) and OPENAI_* point at its two protocols."""
-    monkeypatch.setenv("OPENAI_BASE_URL", emulator.openai_url)
-    monkeypatch.setenv("OPENAI_API_KEY", EMULATOR_KEY)
-    return emulator
-
-
-def reviews(count: int) -> list[dict[str, Any]]:
-    return [
-        {"id": f"r{i}", "text": f"review {i}: {'great' if i % 3 else 'broken'} thing"} for i in range(count)
-    ]
 
 
 def run_pipeline(
@@ -58,20 +49,7 @@ def run_pipeline(
     on_start: Callable[[Ledger, runner.RunHandle], None] | None = None,
     timeout_s: float = 30.0,
 ) -> tuple[RunSummary, runner.RunHandle]:
-    """start_run -> advance until complete -> finish, with the provider the job names."""
-    ledger = Ledger(default_ledger_url(data_dir))
-    try:
-        provider = make_provider(job.provider, job.base_url)
-        handle = runner.start_run(TableSource(src), job, data_dir / "runs", ledger, out)
-        if on_start is not None:
-            on_start(ledger, handle)
-        deadline = time.monotonic() + timeout_s
-        while not (progress := runner.advance(ledger, provider, handle)).complete:
-            assert time.monotonic() < deadline, f"run did not finish in {timeout_s} s: {progress}"
-            time.sleep(0.05)  # batch mode: give the batches time; sync passes do their own work
-        return runner.finish(ledger, handle, out, overwrite=False), handle
-    finally:
-        ledger.close()
+    return run_to_end(src, job, data_dir, out, timeout_s=timeout_s, on_start=on_start)
 
 
 def rows_of(out: Path) -> list[dict[str, Any]]:
@@ -100,7 +78,7 @@ def assert_paced(times: list[float], rpm: int, slack_s: float = 0.02) -> None:
 def test_sync_run_answers_every_row_through_chat_completions_only(
     tmp_path: Path, emulator: RunningEmulator
 ) -> None:
-    rows = reviews(30)
+    rows = review_rows(30)
     rows[7]["text"] = ""  # rejected before sending: renders to an empty prompt
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "out.parquet"
@@ -121,7 +99,7 @@ def test_sync_run_answers_every_row_through_chat_completions_only(
 def test_429_storm_is_paced_and_every_row_still_succeeds(tmp_path: Path, emulator: RunningEmulator) -> None:
     rpm = 600  # at least 0.1 s between request starts, whatever the concurrency
     emulator.configure(rate_429=0.4, retry_after_s=0.05, seed=11)
-    src = write_csv(tmp_path / "in.csv", reviews(24))
+    src = write_csv(tmp_path / "in.csv", review_rows(24))
     out = tmp_path / "out.parquet"
     job = build_job(None, {**JOB, "sync_concurrency": 4, "sync_requests_per_minute": rpm})
     _, handle = run_pipeline(src, job, tmp_path / "data", out)
@@ -137,7 +115,7 @@ def test_retry_after_of_a_429_pauses_every_worker(tmp_path: Path, emulator: Runn
     it, and not the workers that had already booked their next start."""
     retry_after = 0.4
     emulator.configure(rate_429=0.25, retry_after_s=retry_after, seed=4)
-    src = write_csv(tmp_path / "in.csv", reviews(16))
+    src = write_csv(tmp_path / "in.csv", review_rows(16))
     out = tmp_path / "out.parquet"
     job = build_job(None, {**JOB, "sync_concurrency": 4, "sync_requests_per_minute": 1200})  # 0.05 s apart
     run_pipeline(src, job, tmp_path / "data", out)
@@ -169,7 +147,7 @@ def test_sigkill_after_an_answer_then_rerun_pays_for_no_row_twice(
     tmp_path: Path, emulator: RunningEmulator, prefect_api_url: str
 ) -> None:
     rows = 20
-    src = write_csv(tmp_path / "in.csv", reviews(rows))
+    src = write_csv(tmp_path / "in.csv", review_rows(rows))
     out, data_dir = tmp_path / "out.parquet", tmp_path / "data"
     job_file = tmp_path / "job.yaml"
     # One worker, 0.1 s apart: the kill after the first journaled answer comes well before
@@ -201,7 +179,7 @@ def test_auto_mode_picks_sync_up_to_the_limit_and_batch_above(
     tmp_path: Path, emulator: RunningEmulator
 ) -> None:
     job = build_job(None, {**JOB, "prompt": "{{ text }}", "mode": "auto", "auto_sync_max_rows": 10})
-    small_rows = reviews(11)
+    small_rows = review_rows(11)
     small_rows[3]["text"] = ""  # rejected: 10 rows to send, exactly the limit
     small = write_csv(tmp_path / "small.csv", small_rows)
     summary, handle = run_pipeline(small, job, tmp_path / "data-small", tmp_path / "small.parquet")
@@ -211,7 +189,7 @@ def test_auto_mode_picks_sync_up_to_the_limit_and_batch_above(
     assert emulator.state.count("POST", CHAT, 200) == 10
     assert paths_used(emulator) == {CHAT}
 
-    large = write_csv(tmp_path / "large.csv", reviews(11))  # 11 rows to send: one above
+    large = write_csv(tmp_path / "large.csv", review_rows(11))  # 11 rows to send: one above
     summary, handle = run_pipeline(large, job, tmp_path / "data-large", tmp_path / "large.parquet")
     assert handle.plan.mode == "batch"
     assert RunPlan.load(RunPaths(handle.run_dir)).mode == "batch"
@@ -222,7 +200,7 @@ def test_auto_mode_picks_sync_up_to_the_limit_and_batch_above(
 
 
 def test_one_job_file_runs_as_xai_batch_openai_batch_and_sync_with_one_output_schema(
-    tmp_path: Path, both_protocols: RunningEmulator
+    tmp_path: Path, openai_emulator: RunningEmulator
 ) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text(
@@ -230,7 +208,7 @@ def test_one_job_file_runs_as_xai_batch_openai_batch_and_sync_with_one_output_sc
         "sync_requests_per_minute: 60000\nsync_concurrency: 4\n"
     )
     original = job_file.read_bytes()
-    src = write_csv(tmp_path / "in.csv", reviews(20))
+    src = write_csv(tmp_path / "in.csv", review_rows(20))
     variants = [("xai", "batch"), ("openai", "batch"), ("xai", "sync"), ("openai", "sync")]
     outputs = {}
     for provider, mode in variants:
@@ -243,7 +221,7 @@ def test_one_job_file_runs_as_xai_batch_openai_batch_and_sync_with_one_output_sc
         assert_answers_on_their_rows(out, handle.run_dir)
         outputs[label] = pq.read_table(out)
     assert job_file.read_bytes() == original
-    state = both_protocols.state
+    state = openai_emulator.state
     assert (
         state.count("POST", "/v1/batches", 200) == 2 and state.count("POST", "/openai/v1/batches", 200) == 2
     )
@@ -259,16 +237,16 @@ def test_one_job_file_runs_as_xai_batch_openai_batch_and_sync_with_one_output_sc
 
 
 def test_sync_with_provider_openai_normalizes_tokens_like_xai(
-    tmp_path: Path, both_protocols: RunningEmulator
+    tmp_path: Path, openai_emulator: RunningEmulator
 ) -> None:
-    src = write_csv(tmp_path / "in.csv", reviews(20))
+    src = write_csv(tmp_path / "in.csv", review_rows(20))
     job = build_job(None, {**JOB, "model": REASONING_MODEL, "provider": "openai"})
     out = tmp_path / "openai.parquet"
     _, handle = run_pipeline(src, job, tmp_path / "data", out)
     assert [r["status"] for r in rows_of(out)] == ["succeeded"] * 20
     assert_answers_on_their_rows(out, handle.run_dir)
-    assert both_protocols.state.count("POST", OPENAI_CHAT, 200) == 20
-    assert paths_used(both_protocols) == {OPENAI_CHAT}
+    assert openai_emulator.state.count("POST", OPENAI_CHAT, 200) == 20
+    assert paths_used(openai_emulator) == {OPENAI_CHAT}
     bodies = request_bodies(handle.run_dir)
     for row in rows_of(out):
         openai_usage = chat_completion(bodies[row["custom_id"]], 0, "openai")["usage"]
@@ -288,7 +266,7 @@ def test_wrong_key_stops_a_sync_run_with_a_clear_error_and_pays_nothing(
 
     wrong_key = "xai-WRONG-7d1c0b9a8e"
     monkeypatch.setenv("XAI_API_KEY", wrong_key)
-    src = write_csv(tmp_path / "in.csv", reviews(12))
+    src = write_csv(tmp_path / "in.csv", review_rows(12))
     job_file = tmp_path / "job.yaml"
     job_file.write_text("sync_concurrency: 2\nsync_requests_per_minute: 60000\n")
     out = tmp_path / "out.parquet"
@@ -360,7 +338,7 @@ def assert_cancelled_rows(out: Path, server: RunningEmulator, total: int) -> lis
 def test_cancel_during_a_sync_run_cancels_the_shards_not_yet_sent(
     tmp_path: Path, emulator: RunningEmulator
 ) -> None:
-    src = write_csv(tmp_path / "in.csv", reviews(40))
+    src = write_csv(tmp_path / "in.csv", review_rows(40))
     out, data_dir = tmp_path / "out.parquet", tmp_path / "data"
     job = build_job(
         None, {**JOB, "shard_max_lines": 10, "sync_concurrency": 2, "sync_requests_per_minute": 600}
@@ -379,7 +357,7 @@ def test_cancel_mid_shard_stops_sending_at_the_next_heartbeat(
 ) -> None:
     # One shard of 80 rows at 10 requests/s needs 8 s; the cancel comes after 5 answers
     # and is seen at the shard's heartbeat (every 5 s).
-    src = write_csv(tmp_path / "in.csv", reviews(80))
+    src = write_csv(tmp_path / "in.csv", review_rows(80))
     out, data_dir = tmp_path / "out.parquet", tmp_path / "data"
     job = build_job(None, {**JOB, "sync_concurrency": 2, "sync_requests_per_minute": 600})
     canceller = CancelAfterAnswers(emulator, data_dir, 5)
@@ -393,7 +371,7 @@ def test_cancel_mid_shard_stops_sending_at_the_next_heartbeat(
 def test_cancel_before_anything_was_sent_cancels_every_row_without_a_call(
     tmp_path: Path, emulator: RunningEmulator
 ) -> None:
-    src = write_csv(tmp_path / "in.csv", reviews(20))
+    src = write_csv(tmp_path / "in.csv", review_rows(20))
     out = tmp_path / "out.parquet"
     job = build_job(None, {**JOB, "shard_max_lines": 10})
 
@@ -411,7 +389,7 @@ def test_model_the_batch_endpoint_refuses_still_runs_in_sync_mode(
 ) -> None:
     # The catalog marks grok-4.5 as refused by the batch endpoint, and its error says to use
     # `mode: sync`; sync must then not be refused by the same check.
-    src = write_csv(tmp_path / "in.csv", reviews(5))
+    src = write_csv(tmp_path / "in.csv", review_rows(5))
     out = tmp_path / "out.parquet"
     _, handle = run_pipeline(src, build_job(None, {**JOB, "model": "grok-4.5"}), tmp_path / "data", out)
     assert [r["status"] for r in rows_of(out)] == ["succeeded"] * 5
