@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from emulator.completions import chat_completion
 from emulator.openai_state import OPENAI_ENDPOINTS, CannotCancelError, OpenAIBatch
 from emulator.replies import Reply, json_object, read_upload
+from emulator.state import NotAllowedError
 
 if TYPE_CHECKING:
     from emulator.state import ServiceState
@@ -114,15 +115,10 @@ class OpenAIRoutes:
         record = state.files.get(file_id)
         if record is None:
             raise Reply(404, f"No such File object: {file_id}", None, "id")
-        if method == "GET" and rest == "/content":
-            return 200, record.content
-        if method == "GET" and rest is None:
-            return 200, record.as_json("openai")
-        if method == "DELETE" and rest is None:
-            with state.lock:
-                state.files.pop(file_id, None)
-            return 200, {"id": file_id, "object": "file", "deleted": True}
-        raise Reply(405, f"{method} not allowed here")
+        try:
+            return record.reply(state, method, rest, "openai")
+        except NotAllowedError as exc:
+            raise Reply(405, str(exc)) from None
 
     def _create_batch(self, body: bytes) -> dict[str, Any]:
         state = self.state

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from emulator.completions import chat_completion
 from emulator.openai_routes import OpenAIRoutes
 from emulator.replies import RawJson, Reply, error_body, json_object, read_upload
-from emulator.state import BatchRecord, EmulatorConfig, ServiceState
+from emulator.state import BatchRecord, EmulatorConfig, NotAllowedError, ServiceState
 
 _BATCH_ROUTE = re.compile(r"^/v1/batches/(?P<id>[^/:]+)(?P<rest>:cancel|/results|/requests)?$")
 _FILE_ROUTE = re.compile(r"^/v1/files/(?P<id>[^/]+)(?P<rest>/content)?$")
@@ -204,15 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
         record = state.files.get(file_id)
         if record is None:
             raise Reply(404, f"file {file_id} not found", "not_found")
-        if method == "GET" and rest == "/content":
-            return 200, record.content
-        if method == "GET" and rest is None:
-            return 200, record.as_json()
-        if method == "DELETE" and rest is None:
-            with state.lock:
-                state.files.pop(file_id, None)
-            return 200, {"id": file_id, "object": "file", "deleted": True}
-        raise Reply(405, f"{method} not allowed here")
+        try:
+            return record.reply(state, method, rest, "xai")
+        except NotAllowedError as exc:
+            raise Reply(405, str(exc)) from None
 
     def _create_batch(self, body: bytes) -> dict[str, Any]:
         state = self.server.state

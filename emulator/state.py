@@ -44,6 +44,10 @@ class LoggedRequest(NamedTuple):
     time: float
 
 
+class NotAllowedError(Exception):
+    """A method the route does not take (405)."""
+
+
 @dataclass
 class FileRecord:
     file_id: str
@@ -53,19 +57,7 @@ class FileRecord:
     created: float
 
     def as_json(self, flavor: str = "xai") -> dict[str, Any]:
-        if flavor == "openai":
-            return {
-                "id": self.file_id,
-                "object": "file",
-                "bytes": len(self.content),
-                "created_at": int(self.created),
-                "expires_at": None,
-                "filename": self.filename,
-                "purpose": self.purpose or "batch",
-                "status": "processed",
-                "status_details": None,
-            }
-        return {
+        common = {
             "id": self.file_id,
             "object": "file",
             "bytes": len(self.content),
@@ -73,9 +65,22 @@ class FileRecord:
             "expires_at": None,
             "filename": self.filename,
             "purpose": self.purpose or "batch",
-            "public_url": None,
-            "public_url_expires_at": None,
         }
+        if flavor == "openai":
+            return {**common, "status": "processed", "status_details": None}
+        return {**common, "public_url": None, "public_url_expires_at": None}
+
+    def reply(self, state: ServiceState, method: str, rest: str | None, flavor: str) -> tuple[int, Any]:
+        """GET (metadata or /content) and DELETE of this file, the same in both protocols."""
+        if method == "GET" and rest == "/content":
+            return 200, self.content
+        if method == "GET" and rest is None:
+            return 200, self.as_json(flavor)
+        if method == "DELETE" and rest is None:
+            with state.lock:
+                state.files.pop(self.file_id, None)
+            return 200, {"id": self.file_id, "object": "file", "deleted": True}
+        raise NotAllowedError(f"{method} not allowed here")
 
 
 @dataclass
