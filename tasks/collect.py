@@ -53,6 +53,9 @@ def missing_outcome(state: BatchState, message: str | None) -> tuple[str, str, b
     return FAILED, "no result came back for this request although the batch finished", True
 
 
+# The outcome of a request never sent because the run was cancelled first.
+UNSENT_CANCELLED = (CANCELLED, "the run was cancelled before this request was sent", False)
+
 _RECORD_FIELDS = [f for f in RESULT_SCHEMA if f.name not in ("batch_id", "round")]
 
 
@@ -90,12 +93,10 @@ def collect_batch(
     """Write the batch's results file (atomically); rerunning it rewrites the same file.
     A shard of a cancelled run that was never sent (no batch_id) gets its outcomes too."""
     assert row.state is not None
-    sent = row.state != BatchState.REJECTED and row.batch_id is not None
-    pages = provider.iter_results(row.batch_id) if sent and row.batch_id else iter(())
-    status, error, retryable = missing_outcome(BatchState(row.state), row.message)
     if row.batch_id is None:
-        error = "the run was cancelled before this request was sent"
-    return write_results(paths, row, pages, (status, error, retryable), check)
+        return write_results(paths, row, [], UNSENT_CANCELLED, check)
+    pages = provider.iter_results(row.batch_id) if row.state != BatchState.REJECTED else iter(())
+    return write_results(paths, row, pages, missing_outcome(BatchState(row.state), row.message), check)
 
 
 def write_results(

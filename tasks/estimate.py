@@ -3,7 +3,9 @@ standard (sync) prices; and the budget check that refuses to submit above `max_c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tasks.catalog import model_info
 from tasks.errors import InputError
@@ -13,6 +15,15 @@ from tasks.run_layout import RunPlan
 
 ASSUMED_OUTPUT_TOKENS = 256  # per answer, when the job sets no max_tokens
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators, per message
+
+
+def answer_tokens(params: Mapping[str, Any]) -> tuple[int, bool]:
+    """Tokens one answer may take: the request's max_tokens (or max_completion_tokens), else
+    ASSUMED_OUTPUT_TOKENS; the flag says it was assumed."""
+    limit = params.get("max_tokens") or params.get("max_completion_tokens")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        return limit, False
+    return ASSUMED_OUTPUT_TOKENS, True
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,7 @@ class Estimate:
 
 def estimate_plan(plan: RunPlan, job: JobSpec) -> Estimate:
     to_send = plan.total_rows - plan.rejected_rows - plan.cached_rows
-    limit = job.params.get("max_tokens") or job.params.get("max_completion_tokens")
-    per_answer = int(limit) if isinstance(limit, int) and limit > 0 else ASSUMED_OUTPUT_TOKENS
+    per_answer, assumed = answer_tokens(job.params)
     sheet = price_sheet(job.model, job.catalog_path)
     info = model_info(job.model, job.catalog_path)
     overhead = MESSAGE_OVERHEAD_TOKENS * (2 if job.system else 1) * to_send
@@ -76,7 +86,7 @@ def estimate_plan(plan: RunPlan, job: JobSpec) -> Estimate:
         to_send=to_send,
         prompt_tokens=prompt_tokens,
         output_tokens=to_send * per_answer,
-        output_assumed=not (isinstance(limit, int) and limit > 0),
+        output_assumed=assumed,
         batch_usd=cost(True),
         sync_usd=cost(False),
         batch_accepted=info.batch_accepted if info else None,

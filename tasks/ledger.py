@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tasks.errors import GrokBatchError
+from tasks.processes import process_alive
 
 metadata = sa.MetaData()
 
@@ -77,15 +78,7 @@ def this_holder() -> str:
 def _holder_is_dead(holder: str) -> bool:
     """True for a holder process on this machine that no longer exists."""
     host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
 @dataclass(frozen=True)
@@ -187,6 +180,10 @@ class Ledger:
         with self.tx() as conn:
             rows = conn.execute(sa.select(runs_table).where(runs_table.c.state == "open")).mappings()
             return [dict(r) for r in rows]
+
+    def cancel_requested(self, run_key: str) -> bool:
+        """Whether `grok-batch cancel` was given for the run: nothing more may be sent."""
+        return bool((self.run(run_key) or {}).get("cancel_requested"))
 
     def update_run(self, run_key: str, **values: Any) -> None:
         with self.tx() as conn:

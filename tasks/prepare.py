@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from tasks.catalog import model_info
 from tasks.errors import InputError
 from tasks.job import JobSpec
+from tasks.processes import process_alive
 from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, RESULT_SCHEMA, SUCCEEDED
 from tasks.row_cache import KEY_TYPE, STORED_FIELDS, CacheIndex, cache_root, namespace, request_keys
 from tasks.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
@@ -268,18 +269,8 @@ def _remove_dead_staging(run_dir: Path) -> None:
     """Leftovers of a prepare whose process died (a crash, a SIGKILL)."""
     for leftover in run_dir.parent.glob(f"{run_dir.name}.staging*"):
         pid = leftover.name.rpartition("-")[2]
-        if not pid.isdigit() or not _process_alive(int(pid)):
+        if not pid.isdigit() or not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_staged(

@@ -33,14 +33,9 @@ from tasks.sync_run import SyncLimits, answer_planned
 from tasks.table_io import TableSource, file_sha256
 
 logger = logging.getLogger("grok_batch")
-LEASE_S = 300.0
+LEASE_S = 300.0  # renewed on every poll; a dead holder on this machine is taken over at once
 # Batch steps from which the run may be paying for tokens (a rerun keeps going regardless).
-_SPENDING_STEPS = (
-    "creating",
-    "created",
-    "answering",
-    "collected",
-)  # renewed on every poll; a dead holder on this machine is taken over at once
+_SPENDING_STEPS = ("creating", "created", "answering", "collected")
 
 
 @dataclass(frozen=True)
@@ -215,7 +210,7 @@ def reconcile(ledger: Ledger, handle: RunHandle) -> bool:
     rows: list[BatchRow] = ledger.batches(handle.run_key, round_no)
     if any(r.step != "collected" for r in rows):
         return False
-    if run.get("cancel_requested"):  # cancelled: no follow-up round
+    if ledger.cancel_requested(handle.run_key):  # cancelled: no follow-up round
         ledger.update_run(handle.run_key, state="complete")
         return True
     job = handle.job
@@ -312,7 +307,7 @@ def advance(
             stages.reconcile(ledger, handle)
         return progress_of(ledger, handle)
     if any(r.batch_id is None and r.step != "created" for r in rows):
-        if (ledger.run(handle.run_key) or {}).get("cancel_requested"):
+        if ledger.cancel_requested(handle.run_key):
             close_unsent(ledger, provider, handle)
         else:
             stages.submit(ledger, provider, handle)

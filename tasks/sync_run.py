@@ -11,7 +11,6 @@ collected batch, so reconcile, follow-up rounds and the join do not know the dif
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -22,19 +21,19 @@ from typing import Any
 import openai
 import orjson
 
-from tasks.collect import AnswerCheck, write_results
+from tasks.collect import UNSENT_CANCELLED, AnswerCheck, write_results
 from tasks.crashpoints import AFTER_SYNC_ANSWER, crashpoint
 from tasks.errors import ProviderError
+from tasks.estimate import answer_tokens
 from tasks.ledger import Ledger, this_holder
+from tasks.prepare import BYTES_PER_TOKEN
 from tasks.providers.base import BatchState
 from tasks.providers.completion import completion_fields
 from tasks.providers.sdk import SdkProvider, retry_delay, status_text
 from tasks.ratelimit import RateLimiter
-from tasks.records import CANCELLED, FAILED
+from tasks.records import FAILED
 from tasks.run_layout import RunPaths
 
-logger = logging.getLogger("grok_batch")
-DEFAULT_MAX_OUTPUT_TOKENS = 256  # assumed answer size for pacing when the job sets no max_tokens
 _TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
 _FATAL = (openai.AuthenticationError, openai.PermissionDeniedError)  # every row would fail alike
 
@@ -50,9 +49,9 @@ class SyncLimits:
 
 
 def estimated_tokens(line: bytes, body: dict[str, Any]) -> int:
-    """Prompt (~4 bytes a token) plus the answer budget: what a tokens-per-minute limit counts."""
-    budget = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_OUTPUT_TOKENS
-    return len(line) // 4 + int(budget)
+    """The request line's size in tokens plus the answer budget: what a tokens-per-minute
+    limit counts (the same rule as the estimate)."""
+    return len(line) // BYTES_PER_TOKEN + answer_tokens(body)[0]
 
 
 def read_journal(path: Path) -> dict[str, dict[str, Any]]:
@@ -247,23 +246,16 @@ def answer_planned(
         def heartbeat(answered: int, name: str = row.batch_name) -> bool:
             ledger.claim(run_key, holder, lease_s)  # also stops us if another driver took over
             ledger.update_batch(name, finished=answered)
-            return not (ledger.run(run_key) or {}).get("cancel_requested")
+            return not ledger.cancel_requested(run_key)
 
-        def cancel_requested() -> bool:
-            return bool((ledger.run(run_key) or {}).get("cancel_requested"))
-
-        complete = not cancel_requested() and answer_shard(
+        complete = not ledger.cancel_requested(run_key) and answer_shard(
             provider, Path(row.shard_path), journal, limits, limiter, heartbeat=heartbeat, budget_s=remaining
         )
-        if not complete and not cancel_requested():
+        if not complete and not ledger.cancel_requested(run_key):
             break  # out of budget: the next call goes on from the journal
         # Complete, or cancelled (before or during the shard): rows never answered end cancelled.
         outcome = BatchState.DONE if complete else BatchState.CANCELLED
-        missing = (
-            (FAILED, "no answer was recorded for this request", True)
-            if complete
-            else (CANCELLED, "the run was cancelled before this request was sent", False)
-        )
+        missing = (FAILED, "no answer was recorded for this request", True) if complete else UNSENT_CANCELLED
         write_results(paths, row, [list(read_journal(journal).values())], missing, check)
         ledger.update_batch(row.batch_name, step="collected", state=outcome, finished=row.lines)
         completed += 1
