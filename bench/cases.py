@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.job import JobSpec, build_job
-from tasks.prepare import prepare_run  # imported here, not under a clock
-from tasks.table_io import TableSource
+from tasks.infra.table_io import TableSource
+from tasks.spec.job import JobSpec, build_job
+from tasks.stages.prepare import prepare_run  # imported here, not under a clock
 
 PROMPT = "Classify the sentiment of this review: {{ text }}"
 Case = Callable[[Path, Path], dict[str, Any]]  # (input parquet, scratch dir) -> figures
@@ -85,8 +85,8 @@ def io_floor(source: Path, scratch: Path) -> dict[str, Any]:
 # -- collect and join ----------------------------------------------------------------------
 def _fake_results(plan: Any, run_dir: Path) -> None:
     """Results for every sent row, shuffled, in results/<batch>.parquet (what collect writes)."""
-    from tasks.ledger import batch_name
-    from tasks.records import RESULT_SCHEMA
+    from tasks.infra.ledger import batch_name
+    from tasks.infra.records import RESULT_SCHEMA
 
     manifest = pq.read_table(run_dir / "rows.parquet", columns=["custom_id", "shard"])
     rng = np.random.default_rng(1)
@@ -116,8 +116,8 @@ def _fake_results(plan: Any, run_dir: Path) -> None:
 
 
 def join_grok_batch(source: Path, scratch: Path) -> dict[str, Any]:
-    from tasks.join import write_output
-    from tasks.run_layout import RunPaths
+    from tasks.infra.run_layout import RunPaths
+    from tasks.stages.join import write_output
 
     plan = _prepared(source, scratch)
     paths = RunPaths(scratch / "runs" / plan.run_key)
@@ -164,9 +164,9 @@ class _PagesProvider:
 def collect_grok_batch(source: Path, scratch: Path) -> dict[str, Any]:
     """Result pages (decoded JSON, as the SDK hands them over) -> results Parquet, per shard."""
     from emulator.completions import chat_completion
-    from tasks.collect import collect_batch, paused_gc
-    from tasks.ledger import BatchRow, batch_name
-    from tasks.run_layout import RunPaths
+    from tasks.infra.ledger import BatchRow, batch_name
+    from tasks.infra.run_layout import RunPaths
+    from tasks.stages.collect import collect_batch, paused_gc
 
     plan = _prepared(source, scratch)
     paths = RunPaths(scratch / "runs" / plan.run_key)
@@ -210,7 +210,7 @@ def pipeline_emulator(source: Path, scratch: Path) -> dict[str, Any]:
     import socket
 
     from tasks import runner
-    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.infra.ledger import Ledger, default_ledger_url
     from tasks.providers.xai import XaiProvider
 
     with socket.socket() as sock:

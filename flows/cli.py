@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tasks.errors import GrokBatchError
+from tasks.infra.errors import GrokBatchError
 from tasks.runner import report_path
 
 
@@ -138,7 +138,7 @@ def _show_result(result: dict[str, Any], data_dir: Path) -> None:
             f"  grok-batch resume {result['run_key']} --data-dir {data_dir}"
         )
         return
-    from tasks.report import RunSummary, cost_lines
+    from tasks.stages.report import RunSummary, cost_lines
 
     summary = result["summary"]
     table = Table(title=f"run {summary['run_key']}: {summary['rows']} rows, mode {summary['mode']}")
@@ -244,7 +244,7 @@ def run(
     nothing is paid twice.
     """
     from flows.run_job import run_batch_job
-    from tasks.job import build_job
+    from tasks.spec.job import build_job
 
     try:
         overrides = {
@@ -289,8 +289,8 @@ def run(
 
 
 def _print_estimate(input_path: Path, spec: Any, data_dir: Path, encoding: str) -> None:
+    from tasks.infra.table_io import TableSource
     from tasks.runner import dry_run
-    from tasks.table_io import TableSource
 
     try:
         estimate = dry_run(TableSource(input_path, encoding=encoding), spec, data_dir / "runs")
@@ -326,7 +326,7 @@ def estimate(
 
     Example:  grok-batch estimate data/samples/reviews.csv --job data/samples/reviews.job.yaml
     """
-    from tasks.job import build_job
+    from tasks.spec.job import build_job
 
     overrides = {
         "model": model,
@@ -385,7 +385,7 @@ def status(
 
     Example:  grok-batch status   ·   grok-batch status 3f2a9c
     """
-    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.infra.ledger import Ledger, default_ledger_url
 
     url = default_ledger_url(data_dir)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
@@ -436,7 +436,7 @@ def cancel(
 
     Example:  grok-batch cancel 3f2a9c && grok-batch resume 3f2a9c
     """
-    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.infra.ledger import Ledger, default_ledger_url
     from tasks.providers.registry import make_provider
     from tasks.runner import handle_for
 
@@ -566,7 +566,7 @@ def demo(
 
     from emulator import EmulatorConfig, RunningEmulator
     from flows.run_job import run_batch_job
-    from tasks.job import build_job
+    from tasks.spec.job import build_job
 
     scratch = Path(tempfile.mkdtemp(prefix="grok-batch-demo-"))
     with RunningEmulator(

@@ -13,9 +13,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact
 
 from flows.run_job import advance_with_tasks, finish_and_publish
-from tasks import inbox, runner
-from tasks.errors import GrokBatchError, ProviderError
-from tasks.ledger import Ledger, RunBusyError, default_ledger_url, this_holder
+from tasks import runner
+from tasks.doors import inbox
+from tasks.infra.errors import GrokBatchError, ProviderError
+from tasks.infra.ledger import Ledger, RunBusyError, default_ledger_url, this_holder
 from tasks.providers.registry import make_provider
 
 

@@ -32,13 +32,13 @@ from flows.stages import (
     submit_task,
 )
 from tasks import runner
-from tasks.errors import GrokBatchError
-from tasks.job import JobSpec
-from tasks.ledger import Ledger, default_ledger_url, this_holder
+from tasks.infra.errors import GrokBatchError
+from tasks.infra.ledger import Ledger, default_ledger_url, this_holder
+from tasks.infra.table_io import TableSource
 from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
-from tasks.report import RunSummary, render_markdown
-from tasks.table_io import TableSource
+from tasks.spec.job import JobSpec
+from tasks.stages.report import RunSummary, render_markdown
 
 # Listeners get every Progress (the CLI draws a progress bar with them).
 progress_listeners: list[Callable[[runner.Progress], None]] = []

@@ -11,12 +11,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.stages import prepare_task, submit_task
-from tasks import inbox
-from tasks.errors import ProviderError
-from tasks.ledger import Ledger, default_ledger_url, this_holder
+from tasks.doors import inbox
+from tasks.infra.errors import ProviderError
+from tasks.infra.ledger import Ledger, default_ledger_url, this_holder
+from tasks.infra.run_layout import run_key
+from tasks.infra.table_io import TableSource
 from tasks.providers.registry import make_provider
-from tasks.run_layout import run_key
-from tasks.table_io import TableSource
 
 
 @flow(name="scan-inbox", log_prints=True)

@@ -12,13 +12,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import runner
-from tasks.job import JobSpec
-from tasks.ledger import Ledger
-from tasks.poll import poll_open
+from tasks.infra.ledger import Ledger
+from tasks.infra.table_io import TableSource
 from tasks.providers.base import BatchProvider
-from tasks.report import RunSummary
-from tasks.submit import submit_planned
-from tasks.table_io import TableSource
+from tasks.spec.job import JobSpec
+from tasks.stages.poll import poll_open
+from tasks.stages.report import RunSummary
+from tasks.stages.submit import submit_planned
 
 
 @task(name="prepare", cache_policy=NO_CACHE)

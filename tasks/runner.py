@@ -13,24 +13,24 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.catalog import check_batch_model
-from tasks.collect import answer_checker, collect_batch, paused_gc
-from tasks.errors import GrokBatchError, InputError, ProviderError
-from tasks.estimate import Estimate, check_budget, estimate_plan
-from tasks.job import JobSpec
-from tasks.join import write_output
-from tasks.ledger import BatchRow, Ledger, this_holder
-from tasks.poll import poll_open
-from tasks.prepare import prepare_run
+from tasks.infra.errors import GrokBatchError, InputError, ProviderError
+from tasks.infra.ledger import BatchRow, Ledger, this_holder
+from tasks.infra.run_layout import RunPaths, RunPlan, run_key
+from tasks.infra.table_io import TableSource, file_sha256
+from tasks.money.catalog import check_batch_model
+from tasks.money.estimate import Estimate, check_budget, estimate_plan
+from tasks.money.row_cache import cache_root, namespace
 from tasks.providers.base import BatchProvider, BatchState
 from tasks.providers.sdk import SdkProvider
-from tasks.reconcile import plan_follow_up
-from tasks.report import RunSummary, render_markdown, summarize
-from tasks.row_cache import cache_root, namespace
-from tasks.run_layout import RunPaths, RunPlan, run_key
-from tasks.submit import submit_planned
-from tasks.sync_run import SyncLimits, answer_planned
-from tasks.table_io import TableSource, file_sha256
+from tasks.spec.job import JobSpec
+from tasks.stages.answer_sync import SyncLimits, answer_planned
+from tasks.stages.collect import answer_checker, collect_batch, paused_gc
+from tasks.stages.join import write_output
+from tasks.stages.poll import poll_open
+from tasks.stages.prepare import prepare_run
+from tasks.stages.reconcile import plan_follow_up
+from tasks.stages.report import RunSummary, render_markdown, summarize
+from tasks.stages.submit import submit_planned
 
 logger = logging.getLogger("grok_batch")
 LEASE_S = 300.0  # renewed on every poll; a dead holder on this machine is taken over at once

@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 
 from emulator.completions import expected_answer
 from tasks import runner
-from tasks.job import JobSpec
-from tasks.ledger import Ledger, default_ledger_url
+from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.table_io import TableSource
 from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
-from tasks.report import RunSummary
-from tasks.table_io import TableSource
+from tasks.spec.job import JobSpec
+from tasks.stages.report import RunSummary
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:

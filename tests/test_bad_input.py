@@ -10,10 +10,10 @@ import pytest
 
 from emulator import RunningEmulator
 from tasks import runner
-from tasks.errors import GrokBatchError
-from tasks.job import build_job
-from tasks.ledger import Ledger, default_ledger_url
-from tasks.table_io import TableSource
+from tasks.infra.errors import GrokBatchError
+from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.table_io import TableSource
+from tasks.spec.job import build_job
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
 

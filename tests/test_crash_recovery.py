@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from emulator import EmulatorConfig, RunningEmulator
-from tasks import crashpoints
-from tasks.ledger import Ledger, default_ledger_url
+from tasks.infra import crashpoints
+from tasks.infra.ledger import Ledger, default_ledger_url
 from tests.conftest import EMULATOR_KEY
 from tests.helpers import assert_answers_on_their_rows, run_cli, write_csv
 

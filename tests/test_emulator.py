@@ -11,7 +11,7 @@ import pytest
 
 from emulator import EmulatorConfig, RunningEmulator
 from emulator.completions import expected_answer
-from tasks.errors import ProviderError
+from tasks.infra.errors import ProviderError
 from tasks.providers.base import BatchState
 from tasks.providers.xai import XaiProvider
 from tests.conftest import EMULATOR_KEY

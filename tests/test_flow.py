@@ -10,7 +10,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from emulator import RunningEmulator
 from flows.run_job import resume_batch_job, run_batch_job
-from tasks.job import build_job
+from tasks.spec.job import build_job
 from tests.helpers import assert_answers_on_their_rows, write_csv
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import JobSpecError
-from tasks.job import build_job
+from tasks.infra.errors import JobSpecError
+from tasks.spec.job import build_job
 
 
 def test_yaml_job_with_flag_overrides(tmp_path: Path) -> None:

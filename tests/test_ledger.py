@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from emulator import RunningEmulator
-from tasks.job import build_job
-from tasks.ledger import Ledger, RunBusyError, metadata
+from tasks.infra.ledger import Ledger, RunBusyError, metadata
+from tasks.spec.job import build_job
 from tests.helpers import drive_to_end, write_csv
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -21,11 +21,11 @@ from emulator.completions import chat_completion
 from emulator.config import DEFAULT_BATCH_MODELS
 from flows.cli import app
 from tasks import runner
-from tasks.errors import GrokBatchError, InputError, JobSpecError
-from tasks.job import JobSpec, build_job
-from tasks.ledger import Ledger, default_ledger_url
-from tasks.report import RunSummary
-from tasks.table_io import TableSource
+from tasks.infra.errors import GrokBatchError, InputError, JobSpecError
+from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.table_io import TableSource
+from tasks.spec.job import JobSpec, build_job
+from tasks.stages.report import RunSummary
 from tests.helpers import drive_to_end, write_csv
 
 cli = CliRunner()

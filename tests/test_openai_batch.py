@@ -18,13 +18,14 @@ import pytest
 
 from emulator import RunningEmulator
 from emulator.completions import chat_completion
-from tasks import crashpoints, runner
-from tasks.job import JobSpec, build_job
-from tasks.ledger import Ledger, default_ledger_url
+from tasks import runner
+from tasks.infra import crashpoints
+from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.table_io import TableSource
 from tasks.providers.openai_compat import NAME_KEY, OpenAIBatchProvider
 from tasks.providers.registry import make_provider
-from tasks.report import RunSummary
-from tasks.table_io import TableSource
+from tasks.spec.job import JobSpec, build_job
+from tasks.stages.report import RunSummary
 from tests.conftest import EMULATOR_KEY
 from tests.helpers import (
     assert_answers_on_their_rows,

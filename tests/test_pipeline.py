@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from emulator import RunningEmulator
-from tasks.errors import GrokBatchError
-from tasks.job import build_job
+from tasks.infra.errors import GrokBatchError
+from tasks.spec.job import build_job
 from tests.helpers import advance_until_complete, assert_answers_on_their_rows, drive_to_end, write_csv
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
@@ -99,9 +99,9 @@ def test_input_changed_during_the_run_is_refused_at_join(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     from tasks import runner
-    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.infra.ledger import Ledger, default_ledger_url
+    from tasks.infra.table_io import TableSource
     from tasks.providers.xai import XaiProvider
-    from tasks.table_io import TableSource
 
     src = write_csv(tmp_path / "in.csv", [{"text": "a"}, {"text": "b"}])
     out = tmp_path / "out.parquet"
@@ -119,9 +119,9 @@ def test_latin1_input_runs_to_the_end_with_its_encoding(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     from tasks import runner
-    from tasks.ledger import Ledger, default_ledger_url
+    from tasks.infra.ledger import Ledger, default_ledger_url
+    from tasks.infra.table_io import TableSource
     from tasks.providers.xai import XaiProvider
-    from tasks.table_io import TableSource
 
     src = tmp_path / "latin.csv"
     src.write_bytes("id,text\n1,café crème\n2,naïve\n".encode("latin-1"))

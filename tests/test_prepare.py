@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.errors import InputError
-from tasks.job import build_job
-from tasks.prepare import json_escape, prepare_run
-from tasks.table_io import TableSource
+from tasks.infra.errors import InputError
+from tasks.infra.table_io import TableSource
+from tasks.spec.job import build_job
+from tasks.stages.prepare import json_escape, prepare_run
 from tests.helpers import write_csv
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}

@@ -12,14 +12,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks.catalog import (
+from tasks.infra.errors import JobSpecError
+from tasks.money.catalog import (
     BUILTIN_CATALOG,
     check_batch_model,
     load_catalog,
     model_info,
 )
-from tasks.errors import JobSpecError
-from tasks.pricing import (
+from tasks.money.pricing import (
     TICK_USD,
     Prices,
     PriceSheet,

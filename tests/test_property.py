@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emulator import EmulatorConfig, RunningEmulator
-from tasks.job import build_job
+from tasks.spec.job import build_job
 from tests.conftest import EMULATOR_KEY
 from tests.helpers import assert_answers_on_their_rows, drive_to_end
 

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 
 from emulator import RunningEmulator
 from tasks import runner
-from tasks.job import build_job
-from tasks.ledger import Ledger, default_ledger_url
+from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.table_io import TableSource
 from tasks.providers.xai import XaiProvider
-from tasks.table_io import TableSource
+from tasks.spec.job import build_job
 from tests.helpers import advance_until_complete, assert_answers_on_their_rows, drive_to_end, write_csv
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}

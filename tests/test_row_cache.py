@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from emulator import RunningEmulator
 from flows.cli import app
 from tasks import runner
-from tasks.job import JobSpec, build_job
+from tasks.spec.job import JobSpec, build_job
 from tests.helpers import drive_to_end, write_csv
 
 cli = CliRunner()
@@ -236,7 +236,7 @@ def test_answers_from_another_server_are_never_reused(monkeypatch: pytest.Monkey
     # The emulator's answers must never stand in for the real service's: the server that
     # answers (job base_url, else the provider's variable, else the public URL) is part of
     # the cache namespace.
-    from tasks.row_cache import namespace
+    from tasks.money.row_cache import namespace
 
     spec = job()
     monkeypatch.delenv("XAI_BASE_URL", raising=False)

@@ -8,7 +8,7 @@ import re
 import pyarrow as pa
 import pytest
 
-from tasks.structured import (
+from tasks.spec.answer_schema import (
     TRUNCATED,
     check_answer,
     check_schema,
@@ -225,7 +225,7 @@ def test_the_fast_path_for_flat_schemas_agrees_with_jsonschema() -> None:
 
     from jsonschema import Draft202012Validator
 
-    from tasks.structured import answer_check, schema_from_columns
+    from tasks.spec.answer_schema import answer_check, schema_from_columns
 
     schema = schema_from_columns(
         {"label": ["a", "b"], "n": "integer", "x": "number?", "ok": "boolean", "note": "string?"}

@@ -17,10 +17,10 @@ import pytest
 from emulator import RunningEmulator
 from emulator.completions import expected_answer, invalid_output, structured_answer
 from tasks import runner
-from tasks.errors import GrokBatchError, JobSpecError
-from tasks.job import JobSpec, build_job
-from tasks.ledger import Ledger, default_ledger_url
-from tasks.table_io import TableSource
+from tasks.infra.errors import GrokBatchError, JobSpecError
+from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.table_io import TableSource
+from tasks.spec.job import JobSpec, build_job
 from tests.helpers import drive_to_end, write_csv
 
 COLUMNS = {

@@ -18,12 +18,13 @@ from typer.testing import CliRunner
 
 from emulator import RunningEmulator
 from emulator.completions import chat_completion
-from tasks import crashpoints, runner
-from tasks.job import JobSpec, build_job
-from tasks.ledger import Ledger, default_ledger_url
-from tasks.report import RunSummary
-from tasks.run_layout import RunPaths, RunPlan
-from tasks.sync_run import read_journal
+from tasks import runner
+from tasks.infra import crashpoints
+from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.run_layout import RunPaths, RunPlan
+from tasks.spec.job import JobSpec, build_job
+from tasks.stages.answer_sync import read_journal
+from tasks.stages.report import RunSummary
 from tests.conftest import EMULATOR_KEY
 from tests.helpers import (
     assert_answers_on_their_rows,
@@ -404,9 +405,9 @@ def test_a_reply_that_is_not_a_completion_fails_its_row_and_loses_no_paid_answer
     import json as jsonlib
 
     from emulator.completions import chat_completion as completion
+    from tasks.infra.ratelimit import RateLimiter
     from tasks.providers.xai import XaiProvider
-    from tasks.ratelimit import RateLimiter
-    from tasks.sync_run import SyncLimits, answer_shard
+    from tasks.stages.answer_sync import SyncLimits, answer_shard
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:

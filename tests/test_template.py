@@ -1,8 +1,8 @@
 import pyarrow as pa
 import pytest
 
-from tasks.errors import InputError
-from tasks.template import PromptTemplate
+from tasks.infra.errors import InputError
+from tasks.spec.template import PromptTemplate
 
 
 def batch(**columns: list) -> pa.RecordBatch:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasks.pricing import Usage, ticks_to_usd
-from tasks.records import SUCCEEDED
+from tasks.infra.records import SUCCEEDED
+from tasks.money.pricing import Usage, ticks_to_usd
 
 
 def error_text(error: Any) -> tuple[str, int | str | None]:

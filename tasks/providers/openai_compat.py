@@ -15,11 +15,11 @@ from typing import Any, Final
 import openai
 import orjson
 
-from tasks.errors import ProviderError
+from tasks.infra.errors import ProviderError
+from tasks.infra.records import CANCELLED, EXPIRED, FAILED
 from tasks.providers.base import BatchState, BatchStatus
 from tasks.providers.completion import completion_fields, error_text
 from tasks.providers.sdk import SdkProvider, status_text
-from tasks.records import CANCELLED, EXPIRED, FAILED
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NAME_KEY = "grok_batch_name"  # metadata key holding our deterministic batch name

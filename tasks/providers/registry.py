@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.errors import JobSpecError
+from tasks.infra.errors import JobSpecError
 from tasks.providers.openai_compat import OpenAIBatchProvider
 from tasks.providers.sdk import SdkProvider
 from tasks.providers.xai import XaiProvider

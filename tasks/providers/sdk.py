@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import openai
 import orjson
 
-from tasks.errors import ProviderError
+from tasks.infra.errors import ProviderError
+from tasks.infra.secrets import resolve_api_key
 from tasks.providers.base import BatchStatus
 from tasks.providers.completion import error_text
-from tasks.secrets import resolve_api_key
 
 
 class SdkProvider:

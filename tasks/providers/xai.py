@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from tasks.infra.records import CANCELLED, FAILED
 from tasks.providers.base import BatchState, BatchStatus
 from tasks.providers.completion import completion_fields, error_text
 from tasks.providers.sdk import SdkProvider
-from tasks.records import CANCELLED, FAILED
 
 DEFAULT_BASE_URL = "https://api.x.ai/v1"
 RESULTS_PAGE_LIMIT = 1000

@@ -18,7 +18,7 @@ from jinja2 import meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-from tasks.errors import InputError
+from tasks.infra.errors import InputError
 
 _MAX_REPEAT = 100_000  # "x" * n and friends: a template must not exhaust memory
 

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.crashpoints import WHILE_COLLECTING, crashpoint
-from tasks.ledger import BatchRow
+from tasks.infra.crashpoints import WHILE_COLLECTING, crashpoint
+from tasks.infra.ledger import BatchRow
+from tasks.infra.records import CANCELLED, EXPIRED, FAILED, INVALID_OUTPUT, RESULT_SCHEMA, SUCCEEDED
+from tasks.infra.run_layout import RunPaths
 from tasks.providers.base import BatchProvider, BatchState
-from tasks.records import CANCELLED, EXPIRED, FAILED, INVALID_OUTPUT, RESULT_SCHEMA, SUCCEEDED
-from tasks.run_layout import RunPaths
-from tasks.structured import answer_check
+from tasks.spec.answer_schema import answer_check
 
 
 @contextmanager

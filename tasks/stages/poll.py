@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.crashpoints import WHILE_POLLING, crashpoint
-from tasks.ledger import BatchRow, Ledger
+from tasks.infra.crashpoints import WHILE_POLLING, crashpoint
+from tasks.infra.ledger import BatchRow, Ledger
 from tasks.providers.base import BatchProvider, BatchState
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from tasks.errors import GrokBatchError
-from tasks.processes import process_alive
+from tasks.infra.errors import GrokBatchError
+from tasks.infra.processes import process_alive
 
 metadata = sa.MetaData()
 

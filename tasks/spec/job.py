@@ -10,10 +10,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import JobSpecError
-from tasks.records import OUTPUT_RESULT_COLUMNS
-from tasks.structured import check_schema, response_format, schema_from_columns
-from tasks.template import PromptTemplate
+from tasks.infra.errors import JobSpecError
+from tasks.infra.records import OUTPUT_RESULT_COLUMNS
+from tasks.spec.answer_schema import check_schema, response_format, schema_from_columns
+from tasks.spec.template import PromptTemplate
 
 # Request fields that grok-batch owns; a job may not set them through `params`.
 _RESERVED_PARAMS = {

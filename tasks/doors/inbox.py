@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import GrokBatchError, InputError, JobSpecError
-from tasks.job import JobSpec, build_job
-from tasks.table_io import FORMATS, file_sha256
+from tasks.infra.errors import GrokBatchError, InputError, JobSpecError
+from tasks.infra.table_io import FORMATS, file_sha256
+from tasks.spec.job import JobSpec, build_job
 
 DEFAULT_JOB_NAME = "default.job.yaml"
 JOB_SUFFIX = ".job.yaml"

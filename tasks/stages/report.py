@@ -8,10 +8,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.ledger import BatchRow
-from tasks.pricing import costs_disagree
+from tasks.infra.ledger import BatchRow
+from tasks.infra.records import ROW_STATUSES
+from tasks.money.pricing import costs_disagree
 from tasks.providers.base import BatchState
-from tasks.records import ROW_STATUSES
 
 
 @dataclass

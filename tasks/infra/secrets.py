@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tasks.errors import ProviderError
+from tasks.infra.errors import ProviderError
 
 
 def resolve_api_key(env_var: str, secret_block: str) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.crashpoints import AFTER_CREATE, AFTER_UPLOAD, crashpoint
-from tasks.ledger import Ledger, this_holder
+from tasks.infra.crashpoints import AFTER_CREATE, AFTER_UPLOAD, crashpoint
+from tasks.infra.ledger import Ledger, this_holder
 from tasks.providers.base import BatchProvider, BatchState
 
 

@@ -18,11 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.crashpoints import WHILE_JOINING, crashpoint
-from tasks.errors import GrokBatchError
-from tasks.job import JobSpec
-from tasks.pricing import PriceSheet, cost_column, price_sheet
-from tasks.records import (
+from tasks.infra.crashpoints import WHILE_JOINING, crashpoint
+from tasks.infra.errors import GrokBatchError
+from tasks.infra.records import (
     MANIFEST_SCHEMA,
     OUTPUT_RESULT_COLUMNS,
     REJECTED,
@@ -30,11 +28,13 @@ from tasks.records import (
     RESULT_TYPES,
     SUCCEEDED,
 )
-from tasks.report import Tally
-from tasks.row_cache import CacheWriter
-from tasks.run_layout import RunPaths, RunPlan, load_schema
-from tasks.structured import output_fields, typed_columns
-from tasks.table_io import TableSource, file_sha256
+from tasks.infra.run_layout import RunPaths, RunPlan, load_schema
+from tasks.infra.table_io import TableSource, file_sha256
+from tasks.money.pricing import PriceSheet, cost_column, price_sheet
+from tasks.money.row_cache import CacheWriter
+from tasks.spec.answer_schema import output_fields, typed_columns
+from tasks.spec.job import JobSpec
+from tasks.stages.report import Tally
 
 _BATCH_NAME = re.compile(r"-r(\d+)-s(\d+)$")  # ledger.batch_name: grok-batch-<run>-r<round>-s<shard>
 

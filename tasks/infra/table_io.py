@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tasks.errors import InputError
+from tasks.infra.errors import InputError
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _CSV_BLOCK_BYTES = 8 << 20

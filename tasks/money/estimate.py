@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.catalog import model_info
-from tasks.errors import InputError
-from tasks.job import JobSpec
-from tasks.pricing import estimate_cost, price_sheet
-from tasks.run_layout import RunPlan
+from tasks.infra.errors import InputError
+from tasks.infra.run_layout import RunPlan
+from tasks.money.catalog import model_info
+from tasks.money.pricing import estimate_cost, price_sheet
+from tasks.spec.job import JobSpec
 
 ASSUMED_OUTPUT_TOKENS = 256  # per answer, when the job sets no max_tokens
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators, per message

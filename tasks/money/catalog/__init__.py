@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tasks.errors import JobSpecError
+from tasks.infra.errors import JobSpecError
 
 BUILTIN_CATALOG = Path(__file__).with_name("models.yaml")
 CATALOG_ENV = "GROK_BATCH_CATALOG"

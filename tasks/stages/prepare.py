@@ -23,15 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.catalog import model_info
-from tasks.errors import InputError
-from tasks.job import JobSpec
-from tasks.processes import process_alive
-from tasks.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, RESULT_SCHEMA, SUCCEEDED
-from tasks.row_cache import KEY_TYPE, STORED_FIELDS, CacheIndex, cache_root, namespace, request_keys
-from tasks.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
-from tasks.structured import output_fields
-from tasks.table_io import CsvColumnTypeError, TableSource, file_sha256
+from tasks.infra.errors import InputError
+from tasks.infra.processes import process_alive
+from tasks.infra.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, RESULT_SCHEMA, SUCCEEDED
+from tasks.infra.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
+from tasks.infra.table_io import CsvColumnTypeError, TableSource, file_sha256
+from tasks.money.catalog import model_info
+from tasks.money.row_cache import KEY_TYPE, STORED_FIELDS, CacheIndex, cache_root, namespace, request_keys
+from tasks.spec.answer_schema import output_fields
+from tasks.spec.job import JobSpec
 
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # xAI's per-request limit (reference §3)
 # Prompt-size estimate for the context-window check: low on purpose (English runs ~4 bytes

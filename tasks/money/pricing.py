@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, TypeAlias
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.catalog import ModelInfo, load_catalog
+from tasks.money.catalog import ModelInfo, load_catalog
 
 PER_TOKENS = 1_000_000  # catalog prices are USD per this many tokens
 TICK_USD = 1e-10  # xAI's `cost_in_usd_ticks` unit
@@ -201,7 +201,7 @@ def _ratio(part: float, whole: float) -> float:
 
 
 def price_sheet(model: str, catalog: Path | None = None) -> PriceSheet | None:
-    """The price sheet of `model` from the catalog (see tasks.catalog.catalog_path), or None
+    """The price sheet of `model` from the catalog (see tasks.money.catalog.catalog_path), or None
     for a model the catalog does not list."""
     info = load_catalog(catalog).get(model)
     return None if info is None else PriceSheet.from_model_info(info)

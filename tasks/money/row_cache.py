@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.job import JobSpec
+from tasks.infra.records import RESULT_SCHEMA
 from tasks.providers.registry import PROVIDERS
-from tasks.records import RESULT_SCHEMA
+from tasks.spec.job import JobSpec
 
 CACHE_ENV = "GROK_BATCH_CACHE_DIR"
 KEY_TYPE = pa.binary(16)

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.ledger import BatchRow, Ledger
-from tasks.prepare import ShardWriter
-from tasks.records import RESULT_SCHEMA
-from tasks.run_layout import RunPaths
+from tasks.infra.ledger import BatchRow, Ledger
+from tasks.infra.records import RESULT_SCHEMA
+from tasks.infra.run_layout import RunPaths
+from tasks.stages.prepare import ShardWriter
 
 
 def round_results(paths: RunPaths, rows: list[BatchRow]) -> pa.Table:

@@ -21,18 +21,18 @@ from typing import Any
 import openai
 import orjson
 
-from tasks.collect import UNSENT_CANCELLED, AnswerCheck, write_results
-from tasks.crashpoints import AFTER_SYNC_ANSWER, crashpoint
-from tasks.errors import ProviderError
-from tasks.estimate import answer_tokens
-from tasks.ledger import Ledger, this_holder
-from tasks.prepare import BYTES_PER_TOKEN
+from tasks.infra.crashpoints import AFTER_SYNC_ANSWER, crashpoint
+from tasks.infra.errors import ProviderError
+from tasks.infra.ledger import Ledger, this_holder
+from tasks.infra.ratelimit import RateLimiter
+from tasks.infra.records import FAILED
+from tasks.infra.run_layout import RunPaths
+from tasks.money.estimate import answer_tokens
 from tasks.providers.base import BatchState
 from tasks.providers.completion import completion_fields
 from tasks.providers.sdk import SdkProvider, retry_delay, status_text
-from tasks.ratelimit import RateLimiter
-from tasks.records import FAILED
-from tasks.run_layout import RunPaths
+from tasks.stages.collect import UNSENT_CANCELLED, AnswerCheck, write_results
+from tasks.stages.prepare import BYTES_PER_TOKEN
 
 _TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
 _FATAL = (openai.AuthenticationError, openai.PermissionDeniedError)  # every row would fail alike
