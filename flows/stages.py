@@ -1,4 +1,5 @@
-"""Prefect task wrappers over the plain stage functions (one task per stage).
+"""Prefect task wrappers over the plain stage functions (one task per lifecycle action),
+and `advance` / `finish` built from them for the flows.
 
 Every task uses NO_CACHE: each stage reads live state (files, ledger, the service)
 and must run every time it is called, never return a cached result.
@@ -11,38 +12,30 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import publish_summary
 from tasks import runner
 from tasks.infra.ledger import Ledger
 from tasks.infra.table_io import TableSource
 from tasks.providers.base import BatchProvider
 from tasks.spec.job import JobSpec
-from tasks.stages.poll import poll_open
 from tasks.stages.report import RunSummary
-from tasks.stages.submit import submit_planned
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(
-    source: TableSource,
-    job: JobSpec,
-    runs_root: Path,
-    ledger: Ledger,
-    output: Path,
-    overwrite: bool,
-    origin: str = "cli",
-    input_sha: str | None = None,
+    ledger: Ledger, key: str, source: TableSource, job: JobSpec, runs_root: Path, input_sha: str | None = None
 ) -> runner.RunHandle:
-    return runner.start_run(source, job, runs_root, ledger, output, overwrite, origin, input_sha)
+    return runner.prepare(ledger, key, source, job, runs_root, input_sha)
 
 
 @task(name="submit", cache_policy=NO_CACHE)
-def submit_task(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle) -> int:
-    return submit_planned(ledger, provider, handle.run_key)
+def submit_task(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle) -> None:
+    runner.PLAIN_STAGES.submit(ledger, provider, handle)
 
 
 @task(name="poll", cache_policy=NO_CACHE)
 def poll_task(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle) -> None:
-    poll_open(ledger, provider, handle.run_key)
+    runner.PLAIN_STAGES.poll(ledger, provider, handle)
 
 
 @task(name="collect", cache_policy=NO_CACHE)
@@ -55,6 +48,11 @@ def answer_task(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandl
     return runner.answer_sync(ledger, provider, handle)
 
 
+@task(name="close-unsent", cache_policy=NO_CACHE)
+def close_unsent_task(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle) -> None:
+    runner.close_unsent(ledger, provider, handle)
+
+
 @task(name="reconcile", cache_policy=NO_CACHE)
 def reconcile_task(ledger: Ledger, handle: runner.RunHandle) -> bool:
     return runner.reconcile(ledger, handle)
@@ -63,3 +61,27 @@ def reconcile_task(ledger: Ledger, handle: runner.RunHandle) -> bool:
 @task(name="join", cache_policy=NO_CACHE)
 def join_task(ledger: Ledger, handle: runner.RunHandle, output: Path, overwrite: bool) -> RunSummary:
     return runner.finish(ledger, handle, output, overwrite)
+
+
+TASK_STAGES = runner.Stages(
+    submit=submit_task,
+    poll=poll_task,
+    collect=collect_task,
+    reconcile=reconcile_task,
+    answer=answer_task,
+    close_unsent=close_unsent_task,
+)
+
+
+def advance_with_tasks(ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle) -> runner.Progress:
+    """runner.advance, with each action that has work to do run as a Prefect task."""
+    return runner.advance(ledger, provider, handle, TASK_STAGES)
+
+
+def finish_and_publish(
+    ledger: Ledger, handle: runner.RunHandle, output_path: Path, overwrite: bool
+) -> RunSummary:
+    """Join, write output and report, and show the summary and report in the UI."""
+    summary = join_task(ledger, handle, output_path, overwrite)
+    publish_summary(summary, handle.run_key)
+    return summary

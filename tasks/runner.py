@@ -1,12 +1,13 @@
-"""One run's state machine as plain functions: start, advance one step, finish.
+"""Carries out a run's lifecycle (tasks.lifecycle) with the stage functions: register and
+prepare a run, advance it by one pass of the actions the lifecycle names, join it.
 
 Flows and the CLI drive these (through Prefect tasks); nothing here needs Prefect.
-Every step is idempotent, so any driver may crash and any later one continue.
+Every step is idempotent, so any driver may crash and any later one continue. Drivers
+hold the run's lease (`with ledger.lease(run_key)`) around prepare, advance and finish.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -14,28 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.infra.errors import GrokBatchError, InputError, ProviderError
-from tasks.infra.ledger import BatchRow, Ledger, this_holder
-from tasks.infra.run_layout import RunPaths, RunPlan, run_key
-from tasks.infra.table_io import TableSource, file_sha256
+from tasks.infra.ledger import BatchRow, Ledger
+from tasks.infra.logs import LOGGER
+from tasks.infra.run_layout import RunPaths, RunPlan
+from tasks.infra.table_io import TableSource
+from tasks.lifecycle import Action, BatchState, RunState, ShardView, Step, next_action_after, next_actions
 from tasks.money.catalog import check_batch_model
 from tasks.money.estimate import Estimate, check_budget, estimate_plan
 from tasks.money.row_cache import cache_root, namespace
-from tasks.providers.base import BatchProvider, BatchState
-from tasks.providers.sdk import SdkProvider
+from tasks.providers.base import BatchProvider
 from tasks.spec.job import JobSpec
 from tasks.stages.answer_sync import SyncLimits, answer_planned
 from tasks.stages.collect import answer_checker, collect_batch, paused_gc
 from tasks.stages.join import write_output
 from tasks.stages.poll import poll_open
-from tasks.stages.prepare import prepare_run
+from tasks.stages.prepare import identify, prepare_run
 from tasks.stages.reconcile import plan_follow_up
 from tasks.stages.report import RunSummary, render_markdown, summarize
 from tasks.stages.submit import submit_planned
-
-logger = logging.getLogger("grok_batch")
-LEASE_S = 300.0  # renewed on every poll; a dead holder on this machine is taken over at once
-# Batch steps from which the run may be paying for tokens (a rerun keeps going regardless).
-_SPENDING_STEPS = ("creating", "created", "answering", "collected")
 
 
 @dataclass(frozen=True)
@@ -87,6 +84,54 @@ def check_output_path(output: Path, overwrite: bool) -> None:
         raise InputError(f"output {output} cannot be written: {existing} is not a writable folder")
 
 
+def register_run(
+    source: TableSource,
+    job: JobSpec,
+    runs_root: Path,
+    ledger: Ledger,
+    output: Path,
+    overwrite: bool = False,
+    origin: str = "cli",
+    input_sha: str | None = None,
+) -> str:
+    """Check what can be checked before any work, and record the run for this input and
+    job in the ledger (or find it); returns its key. Takes no lease and prepares nothing."""
+    check_output_path(output, overwrite)
+    if job.mode == "batch":  # sync does not touch the batch endpoint; auto avoids it (prepare)
+        warning = check_batch_model(job.model, job.catalog_path, job.provider)
+        if warning:
+            LOGGER.warning(warning)
+    identity = identify(source, job, input_sha)
+    ledger.ensure_run(
+        identity.run_key,
+        str(runs_root / identity.run_key),
+        str(source.path.resolve()),
+        job.name,
+        job.provider,
+        str(output),
+        overwrite=overwrite,
+        origin=origin,
+    )
+    return identity.run_key
+
+
+def prepare(
+    ledger: Ledger, key: str, source: TableSource, job: JobSpec, runs_root: Path, input_sha: str | None = None
+) -> RunHandle:
+    """Write the run's request files (or reuse them) and plan round 1; the caller holds
+    the lease, so two processes never both write. A failure here fails an open run."""
+    try:
+        plan = prepare_run(source, job, runs_root, input_sha)
+        if not any(Step(row.step).sent for row in ledger.batches(key)):
+            check_budget(estimate_plan(plan, job), job)  # nothing paid for yet: the budget applies
+    except BaseException:
+        if (ledger.run(key) or {}).get("state") == RunState.OPEN:
+            ledger.update_run(key, state=RunState.FAILED)
+        raise
+    ledger.plan_batches(key, 1, [(s.shard_no, s.path, s.lines) for s in plan.shards])
+    return RunHandle(key, runs_root / key, plan)
+
+
 def start_run(
     source: TableSource,
     job: JobSpec,
@@ -97,38 +142,11 @@ def start_run(
     origin: str = "cli",
     input_sha: str | None = None,
 ) -> RunHandle:
-    """Prepare (or find) the run for this input and job, and record it in the ledger.
-    `input_sha` saves hashing the file again when the caller already did (the inbox)."""
-    check_output_path(output, overwrite)
-    if job.mode == "batch":  # sync does not touch the batch endpoint; auto avoids it (prepare)
-        warning = check_batch_model(job.model, job.catalog_path, job.provider)
-        if warning:
-            logger.warning(warning)
-    source.check_readable()
-    input_sha = input_sha or file_sha256(source.path)
-    key = run_key(input_sha, job.fingerprint(), source.encoding)
-    run_dir = runs_root / key
-    ledger.ensure_run(
-        key,
-        str(run_dir),
-        str(source.path.resolve()),
-        job.name,
-        job.provider,
-        str(output),
-        overwrite=overwrite,
-        origin=origin,
-    )
-    ledger.claim(key, this_holder(), LEASE_S)  # before prepare: two processes never both write
-    try:
-        plan = prepare_run(source, job, runs_root, input_sha)
-        if not any(row.step in _SPENDING_STEPS for row in ledger.batches(key)):
-            check_budget(estimate_plan(plan, job), job)  # nothing paid for yet: the budget applies
-    except BaseException:
-        ledger.update_run(key, state="failed")
-        ledger.release(key, this_holder())
-        raise
-    ledger.plan_batches(key, 1, [(s.shard_no, s.path, s.lines) for s in plan.shards])
-    return RunHandle(key, run_dir, plan)
+    """register_run, then prepare under the run's lease: for callers that drive a run
+    without a flow (tests, benchmarks, notebooks)."""
+    key = register_run(source, job, runs_root, ledger, output, overwrite, origin, input_sha)
+    with ledger.lease(key):
+        return prepare(ledger, key, source, job, runs_root, input_sha)
 
 
 def dry_run(source: TableSource, job: JobSpec, runs_root: Path) -> Estimate:
@@ -157,15 +175,14 @@ def progress_of(ledger: Ledger, handle: RunHandle) -> Progress:
     for row in current:
         key = row.state or row.step
         states[key] = states.get(key, 0) + 1
-    open_rows = [r for r in current if r.step != "collected"]
     run = ledger.run(handle.run_key) or {}
     return Progress(
         round_no=round_no,
         requests=sum(r.lines for r in current),
-        finished=sum(r.lines if r.step == "collected" else r.finished for r in current),
+        finished=sum(r.lines if r.step == Step.COLLECTED else r.finished for r in current),
         batches=len(current),
-        batches_open=len(open_rows),
-        complete=run.get("state") in ("complete", "finished"),
+        batches_open=sum(1 for r in current if r.step != Step.COLLECTED),
+        complete=next_actions(run.get("state", RunState.OPEN), handle.plan.mode, False, []) == [Action.JOIN],
         states=states,
     )
 
@@ -175,9 +192,11 @@ COLLECT_THREADS = 4  # result pages are mostly waiting on the network: overlap a
 
 def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
     """Collect every batch that reached a terminal state; returns how many were collected."""
-    ready = [row for row in ledger.batches(handle.run_key) if row.step == "created" and _terminal(row)]
+    ready = [
+        row for row in ledger.batches(handle.run_key) if row.step == Step.CREATED and _view(row).terminal
+    ]
     for row in ready:
-        if row.state == BatchState.EXPIRED and row.batch_id and not provider.expiry_is_final:
+        if row.state == BatchState.EXPIRED and row.batch_id and not provider.capabilities.expiry_is_final:
             # Expiry is judged by our clock: stop the service from finishing (and billing)
             # rows that the next round sends again.
             _best_effort(provider.cancel, row.batch_id)
@@ -187,8 +206,8 @@ def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle)
         for future in as_completed(futures):
             future.result()  # the first failure stops the pass; collected batches stay recorded
             row = futures[future]
-            ledger.update_batch(row.batch_name, step="collected")
-            if row.file_id:
+            ledger.update_batch(row.batch_name, step=Step.COLLECTED)
+            if row.file_id and provider.capabilities.deletes_files:
                 _best_effort(provider.delete_file, row.file_id)
     return len(ready)
 
@@ -197,35 +216,33 @@ def _best_effort(call: Callable[[str], None], argument: str) -> None:
     try:
         call(argument)
     except ProviderError as exc:
-        logger.warning("%s", exc)
+        LOGGER.warning("%s", exc)
 
 
 def reconcile(ledger: Ledger, handle: RunHandle) -> bool:
     """When the current round is all collected, plan the follow-up round or mark the run
     complete. Returns True when every row has its final outcome."""
     run = ledger.run(handle.run_key) or {}
-    if run.get("state") in ("complete", "finished"):
+    if run.get("state") in (RunState.COMPLETE, RunState.FINISHED):
         return True
     round_no = int(run.get("round_no") or 1)
     rows: list[BatchRow] = ledger.batches(handle.run_key, round_no)
-    if any(r.step != "collected" for r in rows):
+    if any(r.step != Step.COLLECTED for r in rows):
         return False
-    if ledger.cancel_requested(handle.run_key):  # cancelled: no follow-up round
-        ledger.update_run(handle.run_key, state="complete")
-        return True
     job = handle.job
-    next_round = plan_follow_up(
-        ledger,
-        handle.paths,
-        handle.run_key,
-        round_no,
-        job.max_attempts,
-        job.shard_max_lines,
-        job.shard_max_bytes,
-    )
-    if next_round is not None:
-        return False
-    ledger.update_run(handle.run_key, state="complete")
+    if not ledger.cancel_requested(handle.run_key):  # cancelled: no follow-up round
+        next_round = plan_follow_up(
+            ledger,
+            handle.paths,
+            handle.run_key,
+            round_no,
+            job.max_attempts,
+            job.shard_max_lines,
+            job.shard_max_bytes,
+        )
+        if next_round is not None:
+            return False
+    ledger.update_run(handle.run_key, state=RunState.COMPLETE)
     return True
 
 
@@ -234,13 +251,28 @@ StageCall = Callable[[Ledger, BatchProvider, RunHandle], object]
 
 @dataclass(frozen=True)
 class Stages:
-    """The stage functions a driver runs; flows pass their Prefect task versions."""
+    """The stage functions a driver runs, one per lifecycle action; flows pass their
+    Prefect task versions."""
 
     submit: StageCall
     poll: StageCall
     collect: StageCall
     reconcile: Callable[[Ledger, RunHandle], object]
     answer: StageCall  # mode sync: in place of submit, poll and collect
+    close_unsent: StageCall
+
+    def call(self, action: Action, ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> None:
+        if action == Action.RECONCILE:
+            self.reconcile(ledger, handle)
+            return
+        stage: dict[Action, StageCall] = {
+            Action.SUBMIT: self.submit,
+            Action.POLL: self.poll,
+            Action.COLLECT: self.collect,
+            Action.ANSWER: self.answer,
+            Action.CLOSE_UNSENT: self.close_unsent,
+        }
+        stage[action](ledger, provider, handle)
 
 
 SYNC_SLICE_S = 20.0  # a sync pass returns this often, so drivers can show progress
@@ -251,8 +283,8 @@ def sync_limits(job: JobSpec) -> SyncLimits:
 
 
 def answer_sync(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
-    if not isinstance(provider, SdkProvider):
-        raise GrokBatchError(f"mode sync needs an HTTP provider, not {type(provider).__name__}")
+    if not provider.capabilities.sync_chat:
+        raise GrokBatchError(f"mode sync needs a provider that answers chat completions, not {provider.name}")
     job = handle.job
     return answer_planned(
         ledger,
@@ -262,17 +294,7 @@ def answer_sync(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> i
         sync_limits(job),
         check=answer_checker(job.answer_schema, job.retry_invalid_output),
         budget_s=SYNC_SLICE_S,
-        lease_s=LEASE_S,
     )
-
-
-PLAIN_STAGES = Stages(
-    submit=lambda ledger, provider, handle: submit_planned(ledger, provider, handle.run_key),
-    poll=lambda ledger, provider, handle: poll_open(ledger, provider, handle.run_key),
-    collect=collect_finished,
-    reconcile=reconcile,
-    answer=answer_sync,
-)
 
 
 def close_unsent(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> None:
@@ -281,46 +303,49 @@ def close_unsent(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> 
     for row in ledger.batches(handle.run_key):
         if row.batch_id is not None:
             continue
-        found = provider.find_batch(row.batch_name) if row.step == "creating" else None
+        found = provider.find_batch(row.batch_name) if row.step == Step.CREATING else None
         if found is not None:
-            ledger.update_batch(row.batch_name, step="created", batch_id=found, state=BatchState.VALIDATING)
+            ledger.update_batch(
+                row.batch_name, step=Step.CREATED, batch_id=found, state=BatchState.VALIDATING
+            )
             _best_effort(provider.cancel, found)
         else:
-            ledger.update_batch(row.batch_name, step="created", state=BatchState.CANCELLED)
+            ledger.update_batch(row.batch_name, step=Step.CREATED, state=BatchState.CANCELLED)
 
 
-def _terminal(row: BatchRow) -> bool:
-    return row.state is not None and BatchState(row.state).terminal
+PLAIN_STAGES = Stages(
+    submit=lambda ledger, provider, handle: submit_planned(ledger, provider, handle.run_key),
+    poll=lambda ledger, provider, handle: poll_open(ledger, provider, handle.run_key),
+    collect=collect_finished,
+    reconcile=reconcile,
+    answer=answer_sync,
+    close_unsent=close_unsent,
+)
+
+
+def _view(row: BatchRow) -> ShardView:
+    return ShardView(row.step, row.state, row.batch_id)
 
 
 def advance(
     ledger: Ledger, provider: BatchProvider, handle: RunHandle, stages: Stages = PLAIN_STAGES
 ) -> Progress:
-    """One idempotent pass: submit what is planned, poll, collect, reconcile; a stage runs
-    only when it has work (so a flow records no empty task runs)."""
-    rows = ledger.batches(handle.run_key)
-    if handle.plan.mode == "sync":
-        if any(r.step != "collected" for r in rows):
-            stages.answer(ledger, provider, handle)
-            rows = ledger.batches(handle.run_key)
-        if all(r.step == "collected" for r in rows):
-            stages.reconcile(ledger, handle)
-        return progress_of(ledger, handle)
-    if any(r.batch_id is None and r.step != "created" for r in rows):
-        if ledger.cancel_requested(handle.run_key):
-            close_unsent(ledger, provider, handle)
-        else:
-            stages.submit(ledger, provider, handle)
-        rows = ledger.batches(handle.run_key)
-    if any(r.step == "created" and not _terminal(r) for r in rows):
-        stages.poll(ledger, provider, handle)
-        rows = ledger.batches(handle.run_key)
-    if any(r.step == "created" and _terminal(r) for r in rows):
-        stages.collect(ledger, provider, handle)
-        rows = ledger.batches(handle.run_key)
-    if all(r.step == "collected" for r in rows):
-        stages.reconcile(ledger, handle)
-    return progress_of(ledger, handle)
+    """One idempotent pass: each action the lifecycle names, in pass order, re-reading the
+    ledger after each (so a flow records no empty task runs)."""
+    done: Action | None = None
+    while True:
+        run = ledger.run(handle.run_key) or {}
+        action = next_action_after(
+            done,
+            run.get("state", RunState.OPEN),
+            handle.plan.mode,
+            bool(run.get("cancel_requested")),
+            [_view(row) for row in ledger.batches(handle.run_key)],
+        )
+        if action is None:
+            return progress_of(ledger, handle)
+        stages.call(action, ledger, provider, handle)
+        done = action
 
 
 def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> RunSummary:
@@ -340,5 +365,5 @@ def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> 
     report = render_markdown(summary)
     handle.paths.report.write_text(report, encoding="utf-8")
     report_path(output).write_text(report, encoding="utf-8")
-    ledger.update_run(handle.run_key, state="finished", output_path=str(output))
+    ledger.update_run(handle.run_key, state=RunState.FINISHED, output_path=str(output))
     return summary

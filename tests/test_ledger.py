@@ -53,7 +53,9 @@ def test_runs_batches_and_intent_steps(ledger_url: str) -> None:
         (0, "/s0", 10, "planned"),
         (1, "/s1", 5, "planned"),
     ]
-    ledger.update_batch(rows[0].batch_name, step="creating", file_id="file_1")
+    ledger.update_batch(rows[0].batch_name, step="uploading")  # the lifecycle's order
+    ledger.update_batch(rows[0].batch_name, step="uploaded", file_id="file_1")
+    ledger.update_batch(rows[0].batch_name, step="creating")
     reopened = Ledger(ledger_url)  # a new process sees what was committed
     assert reopened.batches("k1")[0].step == "creating" and reopened.batches("k1")[0].file_id == "file_1"
     assert [r["run_key"] for r in reopened.open_runs()] == ["k1"]

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tasks.infra.errors import GrokBatchError
 from tasks.infra.processes import process_alive
+from tasks.lifecycle import RunState, Step, check_run_state, check_step
 
 metadata = sa.MetaData()
 
@@ -33,7 +34,7 @@ runs_table = sa.Table(
     sa.Column("output_path", sa.Text),
     sa.Column("overwrite", sa.Boolean, nullable=False, default=False),
     sa.Column("origin", sa.String(16), nullable=False, default="cli"),  # cli | inbox | deployment
-    sa.Column("state", sa.String(16), nullable=False, default="open"),  # open | complete | finished | failed
+    sa.Column("state", sa.String(16), nullable=False, default=RunState.OPEN),  # lifecycle.RunState
     sa.Column("round_no", sa.Integer, nullable=False, default=1),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("holder", sa.String(255)),
@@ -51,8 +52,7 @@ batches_table = sa.Table(
     sa.Column("shard_no", sa.Integer, nullable=False),
     sa.Column("shard_path", sa.Text, nullable=False),
     sa.Column("lines", sa.Integer, nullable=False),
-    # planned -> uploading -> uploaded -> creating -> created -> collected
-    sa.Column("step", sa.String(16), nullable=False, default="planned"),
+    sa.Column("step", sa.String(16), nullable=False, default=Step.PLANNED),  # lifecycle.Step
     sa.Column("file_id", sa.String(128)),
     sa.Column("batch_id", sa.String(128)),
     sa.Column("state", sa.String(16)),  # last normalized BatchState seen
@@ -65,6 +65,12 @@ batches_table = sa.Table(
 
 class RunBusyError(GrokBatchError):
     """Another process holds the run's lease."""
+
+
+# How long a lease lasts without renewal. Drivers renew it before every paid call and on
+# every poll; a holder that died on this machine is taken over at once, one on another
+# machine when its lease runs out.
+LEASE_S = 300.0
 
 
 def default_ledger_url(data_dir: Path) -> str:
@@ -108,6 +114,7 @@ class Ledger:
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._lease_depth: dict[str, int] = {}
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -140,7 +147,9 @@ class Ledger:
                         output_path=output_path,
                         overwrite=overwrite,
                         updated_at=now,
-                        state=sa.case((runs_table.c.state == "failed", "open"), else_=runs_table.c.state),
+                        state=sa.case(
+                            (runs_table.c.state == RunState.FAILED, RunState.OPEN), else_=runs_table.c.state
+                        ),
                     )
                 )
                 return
@@ -154,7 +163,7 @@ class Ledger:
                     output_path=output_path,
                     overwrite=overwrite,
                     origin=origin,
-                    state="open",
+                    state=RunState.OPEN,
                     round_no=1,
                     cancel_requested=False,
                     created_at=now,
@@ -178,7 +187,7 @@ class Ledger:
 
     def open_runs(self) -> list[dict[str, Any]]:
         with self.tx() as conn:
-            rows = conn.execute(sa.select(runs_table).where(runs_table.c.state == "open")).mappings()
+            rows = conn.execute(sa.select(runs_table).where(runs_table.c.state == RunState.OPEN)).mappings()
             return [dict(r) for r in rows]
 
     def cancel_requested(self, run_key: str) -> bool:
@@ -186,15 +195,43 @@ class Ledger:
         return bool((self.run(run_key) or {}).get("cancel_requested"))
 
     def update_run(self, run_key: str, **values: Any) -> None:
+        """Change a run's fields; a new `state` must be one the lifecycle allows."""
         with self.tx() as conn:
+            if "state" in values:
+                current = conn.execute(
+                    sa.select(runs_table.c.state).where(runs_table.c.run_key == run_key)
+                ).scalar()
+                if current is not None:
+                    check_run_state(run_key, current, values["state"])
             conn.execute(
                 runs_table.update()
                 .where(runs_table.c.run_key == run_key)
                 .values(updated_at=time.time(), **values)
             )
 
+    @contextmanager
+    def lease(self, run_key: str) -> Iterator[None]:
+        """Hold the run's lease for the block: claimed on entry (RunBusyError when another
+        driver has it), renewed by `renew`, released on exit. Re-entrant within a process,
+        so a stage called inside a driver's block shares the driver's lease."""
+        depth = self._lease_depth.get(run_key, 0)
+        self.claim(run_key, this_holder(), LEASE_S)
+        self._lease_depth[run_key] = depth + 1
+        try:
+            yield
+        finally:
+            self._lease_depth[run_key] = depth
+            if depth == 0:
+                del self._lease_depth[run_key]
+                self.release(run_key, this_holder())
+
+    def renew(self, run_key: str) -> None:
+        """Extend our lease before a paid call or a long wait; RunBusyError if another
+        driver took the run over meanwhile (this one must stop before paying for anything)."""
+        self.claim(run_key, this_holder(), LEASE_S)
+
     def claim(self, run_key: str, holder: str, lease_s: float) -> None:
-        """Take the run's lease, or raise RunBusyError naming who holds it."""
+        """Take the run's lease, or raise RunBusyError naming who holds it (use `lease`)."""
         now = time.time()
         with self.tx() as conn:
             taken = conn.execute(
@@ -264,7 +301,7 @@ class Ledger:
                         shard_no=shard_no,
                         shard_path=path,
                         lines=lines,
-                        step="planned",
+                        step=Step.PLANNED,
                         finished=0,
                         updated_at=now,
                     )
@@ -280,7 +317,14 @@ class Ledger:
         return [BatchRow(**{k: row[k] for k in BatchRow.__dataclass_fields__}) for row in rows]
 
     def update_batch(self, name: str, **values: Any) -> None:
+        """Change a batch's fields; a new `step` must be one the lifecycle allows."""
         with self.tx() as conn:
+            if "step" in values:
+                current = conn.execute(
+                    sa.select(batches_table.c.step).where(batches_table.c.batch_name == name)
+                ).scalar()
+                if current is not None:
+                    check_step(name, current, values["step"])
             conn.execute(
                 batches_table.update()
                 .where(batches_table.c.batch_name == name)
@@ -289,7 +333,14 @@ class Ledger:
 
 
 def batch_name(run_key: str, round_no: int, shard_no: int) -> str:
+    """The deterministic name a shard's batch is created under (and found by after a crash)."""
     return f"grok-batch-{run_key}-r{round_no}-s{shard_no:05d}"
+
+
+def round_and_shard(name: str) -> tuple[int, int]:
+    """(round_no, shard_no) back from a `batch_name`."""
+    round_part, shard_part = name.rsplit("-", 2)[1:]
+    return int(round_part.removeprefix("r")), int(shard_part.removeprefix("s"))
 
 
 def _engine_options(url: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.infra.records import RESULT_SCHEMA
-from tasks.providers.registry import PROVIDERS
+from tasks.spec.endpoints import server_url
 from tasks.spec.job import JobSpec
 
 CACHE_ENV = "GROK_BATCH_CACHE_DIR"
@@ -52,7 +52,7 @@ def namespace(job: JobSpec) -> str:
     only within it."""
     around = {
         "provider": job.provider,
-        "server": PROVIDERS[job.provider].resolve_base_url(job.base_url),
+        "server": server_url(job.provider, job.base_url),
         "model": job.model,
         "system": job.system,
         "params": job.request_params,

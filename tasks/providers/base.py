@@ -1,27 +1,22 @@
-"""The one small interface every batch protocol implements, and its normalized states."""
+"""The one provider contract: what a batch protocol must do, and what it declares it can.
+
+Every provider subclasses `BatchProvider`; the registry returns one; callers ask its
+`capabilities`, never its concrete type.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from tasks.infra.errors import GrokBatchError
+from tasks.lifecycle import BatchState
 
-class BatchState(StrEnum):
-    """Where a batch stands, whatever the protocol calls it."""
-
-    VALIDATING = "validating"  # uploaded, not yet parsed (xAI: every counter still 0)
-    RUNNING = "running"
-    DONE = "done"  # nothing pending; results are final
-    REJECTED = "rejected"  # the service refused the file; its message says why
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"  # the deadline passed with requests still pending
-
-    @property
-    def terminal(self) -> bool:
-        return self not in (BatchState.VALIDATING, BatchState.RUNNING)
+if TYPE_CHECKING:
+    import openai
 
 
 @dataclass(frozen=True)
@@ -36,22 +31,50 @@ class BatchStatus:
     message: str | None = None  # the service's reason for a rejection
 
 
-class BatchProvider(Protocol):
-    """Upload a shard, create/find/poll/cancel a batch, and page its normalized results."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider declares about itself; drivers decide by these, not by class."""
+
+    batch_protocol: str  # "xai" or "openai": the shape of the batch endpoints
+    sync_chat: bool  # /chat/completions for mode sync
+    find_by_name: bool  # a batch is found by its name after a lost create reply (create-once)
+    deletes_files: bool  # uploaded files can (and should) be deleted once collected
+    expiry_is_final: bool  # True: the service ends expired batches itself; False: our clock judges
+    reasoning_in_completion: bool  # usage.completion_tokens includes reasoning tokens
+
+
+class BatchProvider(ABC):
+    """Upload a shard, create/find/poll/cancel a batch, page its normalized results."""
 
     name: ClassVar[str]
-    expiry_is_final: ClassVar[bool]  # the service ends expired batches itself (no cancel needed)
+    capabilities: ClassVar[Capabilities]
+    base_url: str  # the server that answers (part of what makes an answer reusable)
 
+    @abstractmethod
     def upload(self, shard_path: Path) -> str: ...
 
-    def create_batch(self, name: str, file_id: str) -> str: ...
+    @abstractmethod
+    def create_batch(self, name: str, file_id: str) -> str:
+        """Create the batch exactly once, even when a reply is lost (see `find_batch`)."""
 
-    def find_batch(self, name: str) -> str | None: ...
+    @abstractmethod
+    def find_batch(self, name: str) -> str | None:
+        """The id of a batch created under `name`, if the service has one."""
 
+    @abstractmethod
     def get_status(self, batch_id: str) -> BatchStatus: ...
 
-    def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]: ...
+    @abstractmethod
+    def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
+        """Pages of normalized records (providers.completion), in the service's order."""
 
+    @abstractmethod
     def cancel(self, batch_id: str) -> None: ...
 
+    @abstractmethod
     def delete_file(self, file_id: str) -> None: ...
+
+    def sync_client(self, timeout_s: float) -> openai.OpenAI:
+        """An SDK client for /chat/completions with no retries of its own (mode sync paces
+        and retries itself); only providers whose capabilities say `sync_chat`."""
+        raise GrokBatchError(f"provider {self.name} cannot answer synchronously (mode sync)")

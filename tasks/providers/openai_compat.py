@@ -17,11 +17,11 @@ import orjson
 
 from tasks.infra.errors import ProviderError
 from tasks.infra.records import CANCELLED, EXPIRED, FAILED
-from tasks.providers.base import BatchState, BatchStatus
+from tasks.providers.base import BatchState, BatchStatus, Capabilities
 from tasks.providers.completion import completion_fields, error_text
 from tasks.providers.sdk import SdkProvider, status_text
+from tasks.spec.endpoints import ENDPOINTS
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NAME_KEY = "grok_batch_name"  # metadata key holding our deterministic batch name
 ENDPOINT: Final = "/v1/chat/completions"
 PAGE_RECORDS = 1000
@@ -93,12 +93,15 @@ class OpenAIBatchProvider(SdkProvider):
     """OpenAI's Batch API. Base URL from OPENAI_BASE_URL, key from OPENAI_API_KEY."""
 
     name = "openai"
-    base_url_env = "OPENAI_BASE_URL"
-    api_key_env = "OPENAI_API_KEY"
-    secret_block = "openai-api-key"
-    default_base_url = DEFAULT_BASE_URL
-    expiry_is_final = True
-    reasoning_in_completion = True
+    endpoint = ENDPOINTS["openai"]
+    capabilities = Capabilities(
+        batch_protocol="openai",
+        sync_chat=True,
+        find_by_name=True,
+        deletes_files=True,
+        expiry_is_final=True,
+        reasoning_in_completion=True,
+    )
 
     def create_batch(self, name: str, file_id: str) -> str:
         def post() -> str:

@@ -7,9 +7,8 @@ Retry-After; batch creation is the exception (see `create_once`).
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,20 +17,16 @@ import orjson
 
 from tasks.infra.errors import ProviderError
 from tasks.infra.secrets import resolve_api_key
-from tasks.providers.base import BatchStatus
+from tasks.providers.base import BatchProvider
 from tasks.providers.completion import error_text
+from tasks.spec.endpoints import Endpoint
 
 
-class SdkProvider:
-    """Base of the providers: subclasses name their env variables, Secret block and default URL."""
+class SdkProvider(BatchProvider):
+    """What the providers share over the openai SDK; subclasses name their endpoint
+    (spec.endpoints) and implement the protocol-specific calls."""
 
-    name: ClassVar[str]
-    base_url_env: ClassVar[str]
-    api_key_env: ClassVar[str]
-    secret_block: ClassVar[str]
-    default_base_url: ClassVar[str]
-    reasoning_in_completion: ClassVar[bool]  # does usage.completion_tokens include reasoning?
-    expiry_is_final: ClassVar[bool]  # False: expiry is judged by our clock, so cancel the batch
+    endpoint: ClassVar[Endpoint]
 
     def __init__(
         self,
@@ -43,20 +38,15 @@ class SdkProvider:
         create_attempts: int = 8,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.base_url = self.resolve_base_url(base_url)
+        self.base_url = self.endpoint.resolve(base_url)
         self.client = openai.OpenAI(
             base_url=self.base_url,
-            api_key=api_key or resolve_api_key(self.api_key_env, self.secret_block),
+            api_key=api_key or resolve_api_key(self.endpoint.api_key_env, self.endpoint.secret_block),
             max_retries=max_retries,
             timeout=timeout_s,
         )
         self._create_attempts = create_attempts
         self._sleep = sleep
-
-    @classmethod
-    def resolve_base_url(cls, base_url: str | None = None) -> str:
-        """The job's URL, else the provider's environment variable, else the public service."""
-        return (base_url or os.environ.get(cls.base_url_env) or cls.default_base_url).rstrip("/")
 
     def _call(self, what: str, request: Callable[[], Any]) -> Any:
         try:
@@ -82,21 +72,8 @@ class SdkProvider:
         """Uploaded request files are billed for storage; drop each once its batch is collected."""
         self._call(f"deleting file {file_id}", lambda: self.client.files.delete(file_id))
 
-    # -- the protocol-specific part (providers.base.BatchProvider) -------------------
-    def create_batch(self, name: str, file_id: str) -> str:
-        raise NotImplementedError
-
-    def find_batch(self, name: str) -> str | None:
-        raise NotImplementedError
-
-    def get_status(self, batch_id: str) -> BatchStatus:
-        raise NotImplementedError
-
-    def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
-        raise NotImplementedError
-
-    def cancel(self, batch_id: str) -> None:
-        raise NotImplementedError
+    def sync_client(self, timeout_s: float) -> openai.OpenAI:
+        return self.client.with_options(max_retries=0, timeout=timeout_s)
 
     def create_once(
         self, name: str, post: Callable[[], str], throttle: Callable[[], None] | None = None

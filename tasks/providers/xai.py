@@ -16,11 +16,11 @@ from functools import partial
 from typing import Any
 
 from tasks.infra.records import CANCELLED, FAILED
-from tasks.providers.base import BatchState, BatchStatus
+from tasks.providers.base import BatchState, BatchStatus, Capabilities
 from tasks.providers.completion import completion_fields, error_text
 from tasks.providers.sdk import SdkProvider
+from tasks.spec.endpoints import ENDPOINTS
 
-DEFAULT_BASE_URL = "https://api.x.ai/v1"
 RESULTS_PAGE_LIMIT = 1000
 _MAX_PAGES = 1_000_000  # a bound on pagination loops that a misbehaving server cannot exceed
 GRPC_CANCELLED = 1
@@ -119,12 +119,15 @@ class XaiProvider(SdkProvider):
     """The xAI Batch API over REST. Base URL from XAI_BASE_URL, key from XAI_API_KEY."""
 
     name = "xai"
-    base_url_env = "XAI_BASE_URL"
-    api_key_env = "XAI_API_KEY"
-    secret_block = "xai-api-key"
-    default_base_url = DEFAULT_BASE_URL
-    expiry_is_final = False
-    reasoning_in_completion = False
+    endpoint = ENDPOINTS["xai"]
+    capabilities = Capabilities(
+        batch_protocol="xai",
+        sync_chat=True,
+        find_by_name=True,
+        deletes_files=True,
+        expiry_is_final=False,
+        reasoning_in_completion=False,
+    )
 
     def create_batch(self, name: str, file_id: str) -> str:
         def post() -> str:

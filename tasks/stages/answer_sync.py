@@ -23,14 +23,15 @@ import orjson
 
 from tasks.infra.crashpoints import AFTER_SYNC_ANSWER, crashpoint
 from tasks.infra.errors import ProviderError
-from tasks.infra.ledger import Ledger, this_holder
+from tasks.infra.ledger import Ledger
 from tasks.infra.ratelimit import RateLimiter
 from tasks.infra.records import FAILED
 from tasks.infra.run_layout import RunPaths
+from tasks.lifecycle import BatchState, Step
 from tasks.money.estimate import answer_tokens
-from tasks.providers.base import BatchState
+from tasks.providers.base import BatchProvider
 from tasks.providers.completion import completion_fields
-from tasks.providers.sdk import SdkProvider, retry_delay, status_text
+from tasks.providers.sdk import retry_delay, status_text
 from tasks.stages.collect import UNSENT_CANCELLED, AnswerCheck, write_results
 from tasks.stages.prepare import BYTES_PER_TOKEN
 
@@ -80,11 +81,11 @@ class _Asker:
     Only a refused key escapes (every row would fail alike); anything else that goes
     wrong with one request becomes that row's failed record, so no paid answer is lost."""
 
-    def __init__(self, provider: SdkProvider, limits: SyncLimits, limiter: RateLimiter) -> None:
+    def __init__(self, provider: BatchProvider, limits: SyncLimits, limiter: RateLimiter) -> None:
         # Retries are paced here; a long read timeout, because a timed-out request may
         # still be answered and billed, and is not sent again within this round.
-        self.client = provider.client.with_options(max_retries=0, timeout=limits.timeout_s)
-        self.reasoning_in_completion = provider.reasoning_in_completion
+        self.client = provider.sync_client(limits.timeout_s)
+        self.reasoning_in_completion = provider.capabilities.reasoning_in_completion
         self.limits, self.limiter = limits, limiter
 
     def __call__(self, line: bytes, request: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +143,7 @@ def _trim_torn_tail(path: Path) -> None:
 
 
 def answer_shard(
-    provider: SdkProvider,
+    provider: BatchProvider,
     shard_path: Path,
     journal_path: Path,
     limits: SyncLimits,
@@ -217,34 +218,32 @@ def _journal_what_finished(
 
 def answer_planned(
     ledger: Ledger,
-    provider: SdkProvider,
+    provider: BatchProvider,
     run_key: str,
     paths: RunPaths,
     limits: SyncLimits,
     *,
     check: AnswerCheck | None = None,
     budget_s: float | None = None,
-    lease_s: float = 300.0,
 ) -> int:
     """The sync stage: answer every shard not yet collected, in order, within `budget_s`
     (so a driver can show progress between calls). Returns the shards completed."""
     limiter = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
-    holder = this_holder()
     started = time.monotonic()
     completed = 0
     for row in ledger.batches(run_key):
-        if row.step == "collected":
+        if row.step == Step.COLLECTED:
             continue
         remaining = None if budget_s is None else budget_s - (time.monotonic() - started)
         if remaining is not None and remaining <= 0:
             break
-        ledger.claim(run_key, holder, lease_s)
-        ledger.update_batch(row.batch_name, step="answering", state=BatchState.RUNNING)
+        ledger.renew(run_key)
+        ledger.update_batch(row.batch_name, step=Step.ANSWERING, state=BatchState.RUNNING)
         journal = paths.journal(row.batch_name)
         journal.parent.mkdir(parents=True, exist_ok=True)
 
         def heartbeat(answered: int, name: str = row.batch_name) -> bool:
-            ledger.claim(run_key, holder, lease_s)  # also stops us if another driver took over
+            ledger.renew(run_key)  # also stops us if another driver took over
             ledger.update_batch(name, finished=answered)
             return not ledger.cancel_requested(run_key)
 
@@ -257,6 +256,6 @@ def answer_planned(
         outcome = BatchState.DONE if complete else BatchState.CANCELLED
         missing = (FAILED, "no answer was recorded for this request", True) if complete else UNSENT_CANCELLED
         write_results(paths, row, [list(read_journal(journal).values())], missing, check)
-        ledger.update_batch(row.batch_name, step="collected", state=outcome, finished=row.lines)
+        ledger.update_batch(row.batch_name, step=Step.COLLECTED, state=outcome, finished=row.lines)
         completed += 1
     return completed

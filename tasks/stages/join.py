@@ -8,9 +8,7 @@ or two shards under it, and the retried rows.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pyarrow.parquet as pq
 
 from tasks.infra.crashpoints import WHILE_JOINING, crashpoint
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.ledger import round_and_shard
 from tasks.infra.records import (
     MANIFEST_SCHEMA,
     OUTPUT_RESULT_COLUMNS,
@@ -30,13 +29,12 @@ from tasks.infra.records import (
 )
 from tasks.infra.run_layout import RunPaths, RunPlan, load_schema
 from tasks.infra.table_io import TableSource, file_sha256
-from tasks.money.pricing import PriceSheet, cost_column, price_sheet
+from tasks.money.cost_columns import Pricing, sum_known
+from tasks.money.pricing import price_sheet
 from tasks.money.row_cache import CacheWriter
 from tasks.spec.answer_schema import output_fields, typed_columns
 from tasks.spec.job import JobSpec
 from tasks.stages.report import Tally
-
-_BATCH_NAME = re.compile(r"-r(\d+)-s(\d+)$")  # ledger.batch_name: grok-batch-<run>-r<round>-s<shard>
 
 
 class _RowStream:
@@ -90,7 +88,7 @@ class _Outcomes:
         self.cached = _RowStream(cached or iter(()), RESULT_SCHEMA)  # round 0, in input order
         later: list[pa.Table] = []
         for file in sorted(paths.results_dir.glob("*.parquet")) if paths.results_dir.exists() else []:
-            round_no, shard_no = _round_and_shard(file)
+            round_no, shard_no = round_and_shard(file.stem)
             if round_no == 1:
                 self.first_round[shard_no] = file
             else:
@@ -170,54 +168,11 @@ class _Outcomes:
         if not pc.any(retried).as_py():
             return cost, service
         later = self.later_billed.take(slot)
-        cost = pc.if_else(retried, _sum_known(later.column("cost_sum"), self.pricing.at_prices(first)), cost)
+        cost = pc.if_else(retried, sum_known(later.column("cost_sum"), self.pricing.at_prices(first)), cost)
         service = pc.if_else(
-            retried, _sum_known(later.column("service_sum"), first.column("service_cost_usd")), service
+            retried, sum_known(later.column("service_sum"), first.column("service_cost_usd")), service
         )
         return cost, service
-
-
-def _sum_known(a: pa.Array, b: pa.Array) -> pa.Array:
-    """a + b where a null counts as 0, unless both are null (nothing known: stays null)."""
-    total = pc.add(pc.fill_null(a, 0.0), pc.fill_null(b, 0.0))
-    return pc.if_else(pc.and_(pc.is_null(a), pc.is_null(b)), pa.scalar(None, pa.float64()), total)
-
-
-def _round_and_shard(results_file: Path) -> tuple[int, int]:
-    match = _BATCH_NAME.search(results_file.stem)
-    if match is None:
-        raise GrokBatchError(f"unexpected results file {results_file}")
-    return int(match.group(1)), int(match.group(2))
-
-
-@dataclass(frozen=True)
-class Pricing:
-    """What a row cost: catalog prices for the run's model and mode (None: not in the catalog)."""
-
-    sheet: PriceSheet | None
-    batch: bool
-
-    def at_prices(self, outcomes: pa.Table) -> pa.Array:
-        if self.sheet is None:
-            return pa.nulls(outcomes.num_rows, pa.float64())
-        column = outcomes.column
-        return cost_column(
-            column("prompt_tokens"),
-            column("cached_tokens"),
-            column("completion_tokens"),
-            column("reasoning_tokens"),
-            self.sheet,
-            batch=self.batch,
-        )
-
-    def costs(self, outcomes: pa.Table, from_cache: pa.Array) -> pa.Array:
-        """Per row: what this run paid (a cached answer costs nothing now)."""
-        return pc.if_else(from_cache, 0.0, self.at_prices(outcomes))
-
-    def saved(self, outcomes: pa.Table) -> float:
-        """What the cached rows would have cost had they been sent."""
-        cached = outcomes.filter(outcomes.column("from_cache"))
-        return float(pc.sum(self.at_prices(cached)).as_py() or 0.0) if cached.num_rows else 0.0
 
 
 def write_output(

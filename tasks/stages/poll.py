@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from tasks.infra.crashpoints import WHILE_POLLING, crashpoint
 from tasks.infra.ledger import BatchRow, Ledger
-from tasks.providers.base import BatchProvider, BatchState
+from tasks.lifecycle import Step, is_terminal
+from tasks.providers.base import BatchProvider
 
 
 def poll_open(ledger: Ledger, provider: BatchProvider, run_key: str) -> list[BatchRow]:
     """Ask the service about every created, not yet terminal batch; returns all batches."""
     for row in ledger.batches(run_key):
-        if row.step != "created" or row.batch_id is None:
-            continue
-        if row.state is not None and BatchState(row.state).terminal:
+        if row.step != Step.CREATED or row.batch_id is None or is_terminal(row.state):
             continue
         status = provider.get_status(row.batch_id)
         crashpoint(WHILE_POLLING)

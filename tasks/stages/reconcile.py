@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from tasks.infra.ledger import BatchRow, Ledger
 from tasks.infra.records import RESULT_SCHEMA
 from tasks.infra.run_layout import RunPaths
-from tasks.stages.prepare import ShardWriter
+from tasks.stages.shards import ShardWriter
 
 
 def round_results(paths: RunPaths, rows: list[BatchRow]) -> pa.Table:

@@ -1,0 +1,84 @@
+"""Inbox admission: settled files in the inbox become runs, one pass at a time.
+
+Each claimed file is checked for a run it repeats (same content and job), given an
+outbox name no other open run holds, prepared and, in batch mode, submitted. One bad
+drop never stops the others: it moves to failed/ with a note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tasks import runner
+from tasks.doors import inbox
+from tasks.infra.errors import ProviderError
+from tasks.infra.ledger import Ledger
+from tasks.infra.logs import LOGGER, Log
+from tasks.infra.table_io import TableSource
+from tasks.lifecycle import RunState
+from tasks.providers.registry import make_provider
+from tasks.spec.job import JobSpec
+from tasks.stages.prepare import identify
+
+Prepare = Callable[[Ledger, str, TableSource, JobSpec, Path, str | None], runner.RunHandle]
+
+
+def admit_settled(
+    ledger: Ledger,
+    layout: inbox.InboxLayout,
+    runs_root: Path,
+    settle_s: float,
+    *,
+    prepare: Prepare = runner.prepare,
+    submit: runner.StageCall = runner.PLAIN_STAGES.submit,
+    log: Log = LOGGER,
+) -> dict[str, list[str]]:
+    """Claim every dropped table that has stopped growing and start its run; returns the
+    file names by what happened: submitted, duplicates, failed."""
+    layout.ensure()
+    outcome: dict[str, list[str]] = {"submitted": [], "duplicates": [], "failed": []}
+    for table in inbox.settled_tables(layout.inbox, settle_s):
+        claimed: inbox.Claimed | None = None
+        try:
+            claimed = inbox.claim(table, layout)
+            if claimed is None:
+                continue  # another scan took it
+            kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, log)
+            outcome[kind].append(table.name)
+        except Exception as exc:  # one bad drop never stops the scan of the others
+            log.error("%s cannot be processed: %s", table.name, exc)
+            inbox.fail(claimed.path if claimed else table, exc, layout)
+            outcome["failed"].append(table.name)
+    return outcome
+
+
+def _admit(
+    ledger: Ledger,
+    claimed: inbox.Claimed,
+    layout: inbox.InboxLayout,
+    runs_root: Path,
+    prepare: Prepare,
+    submit: runner.StageCall,
+    log: Log,
+) -> str:
+    source = TableSource(claimed.path)
+    key = identify(source, claimed.job, claimed.sha256).run_key
+    known = ledger.run(key)
+    if known is not None and known["state"] != RunState.FAILED:
+        log.warning("%s has the same content and job as run %s; not sent again", claimed.name, key)
+        inbox.archive(claimed.path, layout)
+        return "duplicates"
+    taken = {Path(r["output_path"]) for r in ledger.open_runs() if r["output_path"]}
+    output = inbox.output_for(claimed.name, claimed.sha256, layout, taken)
+    runner.register_run(
+        source, claimed.job, runs_root, ledger, output, origin="inbox", input_sha=claimed.sha256
+    )
+    with ledger.lease(key):
+        handle = prepare(ledger, key, source, claimed.job, runs_root, claimed.sha256)
+        if handle.plan.mode == "batch":  # sync runs are answered by the collector
+            try:
+                submit(ledger, make_provider(claimed.job.provider, claimed.job.base_url), handle)
+            except ProviderError as exc:  # the run is recorded: the collector submits it later
+                log.error("%s is queued; submitting failed for now: %s", claimed.name, exc)
+    return "submitted"
