@@ -8,18 +8,12 @@ the same files and clock as the xAI routes. Paths reach here as "/v1/...".
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from emulator.completions import chat_completion
-from emulator.openai_state import OPENAI_ENDPOINTS, CannotCancelError, OpenAIBatch
-from emulator.replies import Reply, json_object, read_upload
-from emulator.state import NotAllowedError
-
-if TYPE_CHECKING:
-    from emulator.state import ServiceState
+from emulator.openai_state import OPENAI_ENDPOINTS, CannotCancelError, OpenAIBatch, OpenAIBatches
+from emulator.replies import FILE_ROUTE, Reply, Routes, json_object, read_upload
 
 _BATCH_ROUTE = re.compile(r"^/v1/batches/(?P<id>[^/:]+)(?P<rest>/cancel)?$")
-_FILE_ROUTE = re.compile(r"^/v1/files/(?P<id>[^/]+)(?P<rest>/content)?$")
 FILE_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
 _MAX_METADATA_KEYS = 16
 
@@ -49,79 +43,61 @@ def _metadata(value: Any) -> dict[str, str] | None:
     return dict(value)
 
 
-class OpenAIRoutes:
-    def __init__(self, state: ServiceState) -> None:
-        self.state = state
+class OpenAIRoutes(Routes[OpenAIBatches]):
+    flavor = "openai"
+    missing_code = "missing_required_parameter"
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], body: bytes, content_type: str
     ) -> tuple[int, Any]:
-        state = self.state
+        openai = self.batches
         if path == "/v1/files" and method == "POST":
             return 200, self._upload(content_type, body)
         if path == "/v1/files" and method == "GET":
             return 200, self._list_files(query)
-        if match := _FILE_ROUTE.match(path):
+        if match := FILE_ROUTE.match(path):
             return self._file_route(method, match["id"], match["rest"])
         if path == "/v1/batches" and method == "POST":
             return 200, self._create_batch(body)
         if path == "/v1/batches" and method == "GET":
             after = query.get("after", [None])[0]
-            data, more = state.openai.page(_limit(query, 20, 100), after)
+            data, more = openai.page(_limit(query, 20, 100), after)
             first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
             return 200, {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more}
         if match := _BATCH_ROUTE.match(path):
-            batch = state.openai.batches.get(match["id"])
+            batch = openai.batches.get(match["id"])
             if batch is None:
                 raise Reply(404, f"No batch found with id '{match['id']}'.", None, "batch_id")
             return self._batch_route(method, batch, match["rest"])
         if path == "/v1/chat/completions" and method == "POST":
-            request = json_object(body)
-            if not isinstance(request.get("model"), str) or not request.get("messages"):
-                raise Reply(400, "model and messages are required", "missing_required_parameter")
-            config = state.config
-            return 200, chat_completion(
-                request,
-                int(state.clock()),
-                "openai",
-                invalid_output_rate=config.invalid_output_rate,
-                seed=config.seed,
-            )
+            return 200, self._chat_completion(body)
         raise Reply(404, f"no route {method} {path}", "not_found")
 
     def _upload(self, content_type: str, body: bytes) -> dict[str, Any]:
-        state = self.state
-        filename, purpose, content = read_upload(content_type, body, state.config.max_file_bytes)
+        store = self.store
+        filename, purpose, content = read_upload(content_type, body, store.config.max_file_bytes)
         if purpose is None:
             raise Reply(
                 400, "Missing required parameter: 'purpose'.", "missing_required_parameter", "purpose"
             )
         if purpose not in FILE_PURPOSES:
             raise Reply(400, f"Invalid value for 'purpose': {purpose!r}.", "invalid_value", "purpose")
-        return state.add_file(filename, purpose, content).as_json("openai")
+        return store.add_file(filename, purpose, content).as_json("openai")
 
     def _list_files(self, query: dict[str, list[str]]) -> dict[str, Any]:
         purpose = query.get("purpose", [None])[0]
-        with self.state.lock:
-            files = [f.as_json("openai") for f in self.state.files.values()]
+        with self.store.lock:
+            files = [f.as_json("openai") for f in self.store.files.values()]
         files = [f for f in files if purpose in (None, f["purpose"])]
         if query.get("order", ["desc"])[0] == "desc":
             files.reverse()
         first, last = (files[0]["id"], files[-1]["id"]) if files else (None, None)
         return {"object": "list", "data": files, "first_id": first, "last_id": last, "has_more": False}
 
-    def _file_route(self, method: str, file_id: str, rest: str | None) -> tuple[int, Any]:
-        state = self.state
-        record = state.files.get(file_id)
-        if record is None:
-            raise Reply(404, f"No such File object: {file_id}", None, "id")
-        try:
-            return record.reply(state, method, rest, "openai")
-        except NotAllowedError as exc:
-            raise Reply(405, str(exc)) from None
+    def _file_missing(self, file_id: str, param: str) -> Reply:
+        return Reply(404, f"No such File object: {file_id}", None, param)
 
     def _create_batch(self, body: bytes) -> dict[str, Any]:
-        state = self.state
         request = json_object(body)
         file_id = request.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
@@ -134,16 +110,16 @@ class OpenAIRoutes:
             message = f"Invalid value for 'completion_window': {window!r}; only '24h' is supported."
             raise Reply(400, message, "invalid_value", "completion_window")
         metadata = _metadata(request.get("metadata"))
-        record = state.files.get(file_id)
+        record = self.store.files.get(file_id)
         if record is None:
-            raise Reply(404, f"No such File object: {file_id}", None, "input_file_id")
+            raise self._file_missing(file_id, "input_file_id")
         if record.purpose not in (None, "batch"):
             message = f"File {file_id} has purpose {record.purpose!r}; batch input files need 'batch'."
             raise Reply(400, message, "invalid_value", "input_file_id")
-        return state.openai.as_json(state.openai.create(file_id, endpoint, window, metadata))
+        return self.batches.as_json(self.batches.create(file_id, endpoint, window, metadata))
 
     def _batch_route(self, method: str, batch: OpenAIBatch, rest: str | None) -> tuple[int, Any]:
-        openai = self.state.openai
+        openai = self.batches
         if method == "GET" and rest is None:
             return 200, openai.as_json(batch)
         if method == "POST" and rest == "/cancel":

@@ -5,24 +5,20 @@ everything a client branches on: OpenAI has a `status` field that walks
 validating → in_progress → finalizing → completed (or failed / expired /
 cancelling → cancelled), delivers results as output and error *files* written
 when the batch ends, and salvages finished work of expired or cancelled batches.
-What they share (files, the completion plan, the line checks, the answers) comes
-from ServiceState, schedule.py, validation.py and completions.py.
+What they share (files, the lifecycle up to the parse, the line checks, the
+answers) comes from store.py, lifecycle.py, validation.py and completions.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from emulator.completions import chat_completion
-from emulator.schedule import Schedule
-from emulator.validation import Problem, ValidationFailedError, parse_requests
-
-if TYPE_CHECKING:
-    from emulator.state import ServiceState
+from emulator.lifecycle import Batch, BatchBook
+from emulator.validation import Problem, ValidationFailedError
 
 # What `client.batches.create(endpoint=...)` may name (openai-python BatchCreateParams).
 OPENAI_ENDPOINTS = frozenset(
@@ -43,7 +39,6 @@ _UNFINISHED = {
     "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
     "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
 }
-_MAX_LISTED_PROBLEMS = 1000
 _STAMPED = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 
 
@@ -51,29 +46,27 @@ class CannotCancelError(Exception):
     """Cancel asked of a batch that already ended (the route answers 400)."""
 
 
-@dataclass
-class OpenAIBatch:
-    batch_id: str
-    endpoint: str
+@dataclass(kw_only=True)
+class OpenAIBatch(Batch):
     input_file_id: str
+    endpoint: str
     completion_window: str
     metadata: dict[str, str] | None
-    created: float
-    expires: float
-    parse_at: float
     finalizing_s: float
-    cancel_at: float | None = None
     cancelling_s: float = 0.0
-    parsed: bool = False
     problems: list[Problem] = field(default_factory=list)
-    custom_ids: list[str] = field(default_factory=list)
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    schedule: Schedule = field(default_factory=Schedule)
-    model: str | None = None
     results_written: bool = False
     output_file_id: str | None = None
     error_file_id: str | None = None
     usage: dict[str, Any] | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The first request's model, once the file is accepted."""
+        return str(self.bodies[0].get("model")) if self.bodies else None
+
+    def parse_due(self, now: float) -> bool:
+        return super().parse_due(now) and self.expires > self.parse_at  # else expired while validating
 
     def events(self) -> list[tuple[str, float]]:
         """Every status change as (status, time); the status at t is the last one at or before t.
@@ -97,71 +90,37 @@ class OpenAIBatch:
             return [*events, ("expired", self.expires)]
         return [*events, ("finalizing", last), ("completed", last + self.finalizing_s)]
 
-    def horizon(self, now: float) -> float:
-        """Requests finishing after this moment never run (expiry, cancel)."""
-        return min(now, self.expires, math.inf if self.cancel_at is None else self.cancel_at)
 
+class OpenAIBatches(BatchBook[OpenAIBatch]):
+    """The OpenAI batch records; result files go to the shared store."""
 
-class OpenAIBatches:
-    """The OpenAI batch store; uses the shared ServiceState for its lock, clock, ids and files."""
-
-    def __init__(self, service: ServiceState) -> None:
-        self.service = service
-        self.batches: dict[str, OpenAIBatch] = {}
-        self.order: list[str] = []  # creation order
+    max_problems = 1000  # bad lines listed in `errors.data`
 
     def create(
         self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str] | None
     ) -> OpenAIBatch:
-        service = self.service
-        with service.lock:
-            now, config = service.clock(), service.config
-            batch = OpenAIBatch(
-                batch_id=service.new_id("batch"),
+        store = self.store
+        with store.lock:
+            return self._add(
+                OpenAIBatch,
                 endpoint=endpoint,
                 input_file_id=input_file_id,
                 completion_window=completion_window,
                 metadata=metadata,
-                created=now,
-                expires=now + config.expire_after_s,
-                parse_at=now + config.parse_delay_s,
-                finalizing_s=config.finalizing_s,
+                finalizing_s=store.config.finalizing_s,
             )
-            self.batches[batch.batch_id] = batch
-            self.order.append(batch.batch_id)
-            return batch
 
-    def advance(self, batch: OpenAIBatch) -> None:
-        """Parse and check the input file once its parse time has come."""
-        service = self.service
-        with service.lock:
-            now = service.clock()
-            if batch.parsed or now < batch.parse_at or batch.cancel_at is not None:
-                return
-            if batch.expires <= batch.parse_at:
-                return  # expired while validating: never parsed
-            batch.parsed = True
-            record = service.files.get(batch.input_file_id)
-            try:
-                batch.custom_ids, batch.bodies = parse_requests(
-                    record.content if record else None,
-                    batch.input_file_id,
-                    max_lines=service.config.max_lines,
-                    urls=frozenset({batch.endpoint}),
-                    models=service.config.openai_models,
-                    max_problems=_MAX_LISTED_PROBLEMS,
-                )
-            except ValidationFailedError as exc:
-                batch.problems = exc.problems
-                return
-            batch.model = str(batch.bodies[0].get("model"))
-            batch.schedule = service.plan(batch.batch_id, len(batch.custom_ids), batch.parse_at)
+    def _accepts(self, batch: OpenAIBatch) -> tuple[frozenset[str], frozenset[str] | None]:
+        return frozenset({batch.endpoint}), self.store.config.openai_models
+
+    def _reject(self, batch: OpenAIBatch, problems: ValidationFailedError) -> None:
+        batch.problems = problems.problems
 
     def status(self, batch: OpenAIBatch) -> tuple[str, list[tuple[str, float]]]:
         """The status now and the events reached so far; writes the result files on arrival."""
-        with self.service.lock:
+        with self.store.lock:
             self.advance(batch)
-            now = self.service.clock()
+            now = self.store.clock()
             reached = [(name, moment) for name, moment in batch.events() if moment <= now]
             status, since = reached[-1]
             if status in _WITH_FILES and not batch.results_written:
@@ -169,20 +128,20 @@ class OpenAIBatches:
             return status, reached
 
     def cancel(self, batch: OpenAIBatch) -> None:
-        with self.service.lock:
+        with self.store.lock:
             status, _ = self.status(batch)
             if status in TERMINAL:
                 raise CannotCancelError(f"Cannot cancel a batch with status '{status}'.")
             if batch.cancel_at is None:
-                batch.cancel_at = self.service.clock()
-                batch.cancelling_s = self.service.config.cancelling_s
+                batch.cancel_at = self.store.clock()
+                batch.cancelling_s = self.store.config.cancelling_s
 
     def as_json(self, batch: OpenAIBatch) -> dict[str, Any]:
         """The Batch object as openai-python's `Batch` model reads it."""
-        with self.service.lock:
+        with self.store.lock:
             status, reached = self.status(batch)
             stamps = {name: int(moment) for name, moment in reached}
-            done = batch.schedule.finished(batch.horizon(self.service.clock()))
+            done = batch.finished(self.store.clock())
             failed = batch.schedule.failures(done)
             errors = [p.as_openai() for p in batch.problems]
             return {
@@ -210,7 +169,7 @@ class OpenAIBatches:
 
     def page(self, limit: int, after: str | None) -> tuple[list[dict[str, Any]], bool]:
         """Batches newest first, starting after the batch `after` (a cursor, as OpenAI pages)."""
-        with self.service.lock:
+        with self.store.lock:
             ids = self.order[::-1]
             if after is not None:
                 ids = ids[ids.index(after) + 1 :] if after in self.batches else []
@@ -220,10 +179,9 @@ class OpenAIBatches:
     def _write_results(self, batch: OpenAIBatch, status: str, moment: float) -> None:
         """Output file (answered requests) and error file (failed and never-run ones), written once
         the batch ends, in completion order (a seeded shuffle of the input order)."""
-        service = self.service
-        config = service.config
+        config = self.store.config
         schedule = batch.schedule
-        done = schedule.finished(batch.horizon(moment))
+        done = batch.finished(moment)
         output: list[str] = []
         errors: list[str] = []
         totals = [0, 0, 0, 0]  # input, cached, output, reasoning tokens
@@ -279,7 +237,7 @@ class OpenAIBatches:
             return None
         content = ("\n".join(lines) + "\n").encode("utf-8")
         name = f"{batch.batch_id}_{kind}.jsonl"
-        return self.service.add_file(name, "batch_output", content, created=moment).file_id
+        return self.store.add_file(name, "batch_output", content, created=moment).file_id
 
 
 def _dumps(value: Any) -> str:

@@ -1,29 +1,28 @@
-"""A real HTTP server on loopback that speaks xAI's REST Batch protocol (reference §8),
-and OpenAI's Batch protocol under /openai/v1 (see openai_routes.py).
+"""The HTTP server on loopback: it wires the shared store and both protocols' routes.
 
-xAI routes: /v1/files (multipart upload, list, get, delete, content), /v1/batches
-(create, list, get, :cancel, results, requests), /v1/chat/completions, plus
-/_emulator/stats and /_emulator/config for tests and people poking at it. With
-EmulatorConfig.protocol="openai" the plain /v1 routes speak OpenAI instead. Faults
-(429, 500, drops, auth) apply to both protocols, each answering in its own shape.
+xAI's Batch protocol (xai_routes.py) answers under /v1, OpenAI's (openai_routes.py)
+under /openai/v1, and under /v1 too when EmulatorConfig.protocol is "openai".
+/_emulator/stats and /_emulator/config are for tests and people poking at it.
+Faults (429, 500, drops, auth) apply to both protocols, each answering in its own shape.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from emulator.completions import chat_completion
+from emulator.config import EmulatorConfig
 from emulator.openai_routes import OpenAIRoutes
-from emulator.replies import RawJson, Reply, error_body, json_object, read_upload
-from emulator.state import BatchRecord, EmulatorConfig, NotAllowedError, ServiceState
+from emulator.openai_state import OpenAIBatches
+from emulator.replies import RawJson, Reply, error_body
+from emulator.store import Store
+from emulator.xai_routes import XaiRoutes
+from emulator.xai_state import XaiBatch, XaiBatches
 
-_BATCH_ROUTE = re.compile(r"^/v1/batches/(?P<id>[^/:]+)(?P<rest>:cancel|/results|/requests)?$")
-_FILE_ROUTE = re.compile(r"^/v1/files/(?P<id>[^/]+)(?P<rest>/content)?$")
 OPENAI_PREFIX = "/openai"
 
 
@@ -34,15 +33,21 @@ def _protocol_and_route(path: str, config: EmulatorConfig) -> tuple[str, str]:
     return config.protocol, path
 
 
-def _page_params(query: dict[str, list[str]]) -> tuple[int, int]:
-    try:
-        limit = int(query.get("limit", ["100"])[0])
-        offset = int(query.get("pagination_token", ["0"])[0] or "0")
-    except ValueError:
-        raise Reply(400, "limit and pagination_token must be integers") from None
-    if not 1 <= limit <= 1000:
-        raise Reply(400, "limit must be between 1 and 1000")
-    return limit, offset
+class ServiceState(Store):
+    """The store with each protocol's batches on it; `batches` and `batch_order` are xAI's."""
+
+    def __init__(self, config: EmulatorConfig, clock: Any = time.time) -> None:
+        super().__init__(config, clock)
+        self.xai = XaiBatches(self)
+        self.openai = OpenAIBatches(self)
+
+    @property
+    def batches(self) -> dict[str, XaiBatch]:
+        return self.xai.batches
+
+    @property
+    def batch_order(self) -> list[str]:
+        return self.xai.order
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: EmulatorHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return  # the request log lives in ServiceState, never with headers (keys)
+        return  # the request log lives in the store, never with headers (keys)
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -114,13 +119,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(401, error_body(protocol, 401, "Incorrect API key.", refused))
             return
         try:
-            if protocol == "openai":
-                content_type = self.headers.get("Content-Type", "")
-                status, payload = self.server.openai_routes.handle(
-                    method, route, parse_qs(url.query), body, content_type
-                )
-            else:
-                status, payload = self._route(method, route, parse_qs(url.query), body)
+            routes = self.server.openai_routes if protocol == "openai" else self.server.xai_routes
+            status, payload = routes.handle(
+                method, route, parse_qs(url.query), body, self.headers.get("Content-Type", "")
+            )
         except Reply as reply:
             state.log(method, path, reply.status)
             self._send_json(
@@ -143,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_emulator/stats" and method == "GET":
             with state.lock:
                 log = [entry._asdict() for entry in state.request_log]
-                counts = {"batches": len(state.batches), "openai_batches": len(state.openai.batches)}
+                counts = {"batches": len(state.xai.batches), "openai_batches": len(state.openai.batches)}
             self._send_json(200, {"requests": log, **counts})
         elif path == "/_emulator/config" and method == "POST":
             try:
@@ -155,106 +157,6 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, {"error": f"no admin route {method} {path}"})
 
-    # -- routes -------------------------------------------------------------
-    def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> tuple[int, Any]:
-        state = self.server.state
-        if path == "/v1/files" and method == "POST":
-            return 200, self._upload(body)
-        if path == "/v1/files" and method == "GET":
-            with state.lock:
-                files = [f.as_json() for f in state.files.values()]
-            return 200, {"data": files, "pagination_token": None}
-        if match := _FILE_ROUTE.match(path):
-            return self._file_route(method, match["id"], match["rest"])
-        if path == "/v1/batches" and method == "POST":
-            return 200, self._create_batch(body)
-        if path == "/v1/batches" and method == "GET":
-            limit, offset = _page_params(query)
-            with state.lock:
-                ids = state.batch_order[offset : offset + limit]
-                batches = [state.batch_json(state.batches[i]) for i in ids]
-                more = offset + limit < len(state.batch_order)
-            return 200, {"batches": batches, "pagination_token": str(offset + limit) if more else None}
-        if match := _BATCH_ROUTE.match(path):
-            batch = state.batches.get(match["id"])
-            if batch is None:
-                raise Reply(404, f"batch {match['id']} not found", "not_found")
-            return self._batch_route(method, batch, match["rest"], query, body)
-        if path == "/v1/chat/completions" and method == "POST":
-            request = json_object(body)
-            if not isinstance(request.get("model"), str) or not request.get("messages"):
-                raise Reply(400, "model and messages are required")
-            config = state.config
-            return 200, chat_completion(
-                request,
-                int(state.clock()),
-                invalid_output_rate=config.invalid_output_rate,
-                seed=config.seed,
-            )
-        raise Reply(404, f"no route {method} {path}", "not_found")
-
-    def _upload(self, body: bytes) -> dict[str, Any]:
-        state = self.server.state
-        content_type = self.headers.get("Content-Type", "")
-        filename, purpose, content = read_upload(content_type, body, state.config.max_file_bytes)
-        return state.add_file(filename, purpose, content).as_json()
-
-    def _file_route(self, method: str, file_id: str, rest: str | None) -> tuple[int, Any]:
-        state = self.server.state
-        record = state.files.get(file_id)
-        if record is None:
-            raise Reply(404, f"file {file_id} not found", "not_found")
-        try:
-            return record.reply(state, method, rest, "xai")
-        except NotAllowedError as exc:
-            raise Reply(405, str(exc)) from None
-
-    def _create_batch(self, body: bytes) -> dict[str, Any]:
-        state = self.server.state
-        request = json_object(body)
-        name = request.get("name")
-        if not isinstance(name, str) or not name:
-            raise Reply(400, "name is required")
-        file_id = request.get("input_file_id")
-        if file_id is not None and file_id not in state.files:
-            raise Reply(404, f"file {file_id} not found", "not_found")
-        return state.batch_json(state.create_batch(name, file_id))
-
-    def _batch_route(
-        self,
-        method: str,
-        batch: BatchRecord,
-        rest: str | None,
-        query: dict[str, list[str]],
-        body: bytes,
-    ) -> tuple[int, Any]:
-        state = self.server.state
-        if method == "GET" and rest is None:
-            return 200, state.batch_json(batch)
-        if method == "POST" and rest == ":cancel":
-            state.cancel(batch)
-            return 200, state.batch_json(batch)
-        if method == "GET" and rest == "/results":
-            limit, offset = _page_params(query)
-            results, next_offset = state.results_page(batch, offset, limit)
-            # A short page means the frontier of finished requests: the last page.
-            token = state.config.last_page_token if len(results) < limit else str(next_offset)
-            page = '{"results":[' + ",".join(results) + '],"pagination_token":' + json.dumps(token) + "}"
-            return 200, RawJson(page)
-        if method == "GET" and rest == "/requests":
-            limit, offset = _page_params(query)
-            items = state.request_states(batch)[offset : offset + limit]
-            more = offset + limit < len(batch.custom_ids)
-            return 200, {
-                "batch_request_metadata": items,
-                "pagination_token": str(offset + limit) if more else None,
-            }
-        if method == "POST" and rest == "/requests":
-            if batch.input_file_id is not None:
-                raise Reply(400, "File-based batches are sealed; requests cannot be added.")
-            raise Reply(400, "Adding requests is not emulated; use the JSONL file flow.")
-        raise Reply(405, f"{method} not allowed here")
-
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -263,7 +165,8 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: ServiceState) -> None:
         super().__init__(address, _Handler)
         self.state = state
-        self.openai_routes = OpenAIRoutes(state)
+        self.xai_routes = XaiRoutes(state.xai)
+        self.openai_routes = OpenAIRoutes(state.openai)
 
 
 class RunningEmulator:
