@@ -186,9 +186,48 @@ def write_output(
     """Stream the input and the outcomes into `output` (atomically); returns the totals.
     Succeeded answers of this run go into the row cache at `cache_folder`."""
     job = JobSpec.model_validate(plan.job)
-    prefix = job.result_prefix
     if output.exists() and not overwrite:
         raise GrokBatchError(f"output {output} already exists; pass --overwrite to replace it")
+    source = _unchanged_input(plan)
+    schema = load_schema(paths.schema)
+    pricing = Pricing(price_sheet(job.model, job.catalog_path), batch=plan.mode == "batch")
+    outcomes = _Outcomes(paths, pricing)
+    manifest = _RowStream(pq.ParquetFile(paths.manifest).iter_batches(batch_size=65_536))
+    columns = _ResultColumns(job)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    tally = Tally()
+    cache = CacheWriter(cache_folder, plan.run_key) if cache_folder is not None else None
+    try:
+        with pq.ParquetWriter(partial, pa.schema(list(schema) + columns.fields)) as writer:
+            for batch in source.batches(schema=schema):
+                rows = manifest.take(batch.num_rows)
+                if rows.num_rows != batch.num_rows:
+                    break
+                appended = outcomes.columns_for(rows)
+                tally.add(appended, saved_usd=pricing.saved(appended))
+                writer.write_table(columns.attach(pa.Table.from_batches([batch]).cast(schema), appended))
+                if cache is not None:
+                    _remember(cache, rows, appended)
+                crashpoint(WHILE_JOINING)
+        if tally.rows != plan.total_rows:
+            raise GrokBatchError(
+                f"{plan.input_path} no longer has the {plan.total_rows} rows the run prepared; "
+                "the input changed during the run"
+            )
+    except Exception:
+        partial.unlink(missing_ok=True)  # ours and half written: nobody can use it
+        if cache is not None:
+            cache.close(keep=False)
+        raise
+    if cache is not None:
+        cache.close()
+    partial.replace(output)
+    return tally
+
+
+def _unchanged_input(plan: RunPlan) -> TableSource:
+    """The run's input, refused when it is not the file the run prepared."""
     source = TableSource(Path(plan.input_path), encoding=plan.encoding)
     source.check_readable()
     if file_sha256(source.path) != plan.input_sha256:  # same row count is not the same rows
@@ -196,58 +235,30 @@ def write_output(
             f"{plan.input_path} changed since the run prepared it; answers would land on the wrong rows. "
             f"Put the original file back and resume run {plan.run_key}, or start a new run"
         )
-    schema = load_schema(paths.schema)
-    pricing = Pricing(price_sheet(job.model, job.catalog_path), batch=plan.mode == "batch")
-    outcomes = _Outcomes(paths, pricing)
-    manifest = _RowStream(pq.ParquetFile(paths.manifest).iter_batches(batch_size=65_536))
-    answer_schema = job.answer_schema
-    typed_fields = output_fields(answer_schema) if answer_schema is not None else []
-    result_fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in OUTPUT_RESULT_COLUMNS]
-    result_fields += [pa.field(prefix + f.name, f.type) for f in typed_fields]
-    out_schema = pa.schema(list(schema) + result_fields)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    tally = Tally()
-    cache = CacheWriter(cache_folder, plan.run_key) if cache_folder is not None else None
-    try:
-        with pq.ParquetWriter(partial, out_schema) as writer:
-            for batch in source.batches(schema=schema):
-                rows = manifest.take(batch.num_rows)
-                if rows.num_rows != batch.num_rows:
-                    break
-                appended = outcomes.columns_for(rows)
-                tally.add(appended, saved_usd=pricing.saved(appended))
-                columns = list(appended.columns)
-                if answer_schema is not None:
-                    texts = pc.if_else(
-                        pc.equal(appended.column("status"), SUCCEEDED), appended.column("response"), None
-                    )
-                    typed = typed_columns(texts.to_pylist(), answer_schema)
-                    columns += [typed[f.name] for f in typed_fields]
-                table = pa.Table.from_batches([batch]).cast(schema)
-                for field, column in zip(result_fields, columns, strict=True):
-                    table = table.append_column(field, column)
-                writer.write_table(table)
-                if cache is not None:
-                    _remember(cache, rows, appended)
-                crashpoint(WHILE_JOINING)
-    except Exception:
-        partial.unlink(missing_ok=True)  # ours and half written: nobody can use it
-        if cache is not None:
-            cache.close(keep=False)
-        raise
-    if tally.rows != plan.total_rows:
-        partial.unlink(missing_ok=True)
-        if cache is not None:
-            cache.close(keep=False)
-        raise GrokBatchError(
-            f"{plan.input_path} no longer has the {plan.total_rows} rows the run prepared; "
-            "the input changed during the run"
-        )
-    if cache is not None:
-        cache.close()
-    partial.replace(output)
-    return tally
+    return source
+
+
+class _ResultColumns:
+    """The columns appended to every input row: the results, then the typed answer fields."""
+
+    def __init__(self, job: JobSpec) -> None:
+        prefix = job.result_prefix
+        self.answer_schema = job.answer_schema
+        self.typed_fields = output_fields(self.answer_schema) if self.answer_schema is not None else []
+        self.fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in OUTPUT_RESULT_COLUMNS]
+        self.fields += [pa.field(prefix + f.name, f.type) for f in self.typed_fields]
+
+    def attach(self, table: pa.Table, appended: pa.Table) -> pa.Table:
+        columns = list(appended.columns)
+        if self.answer_schema is not None:
+            texts = pc.if_else(
+                pc.equal(appended.column("status"), SUCCEEDED), appended.column("response"), None
+            )
+            typed = typed_columns(texts.to_pylist(), self.answer_schema)
+            columns += [typed[f.name] for f in self.typed_fields]
+        for field, column in zip(self.fields, columns, strict=True):
+            table = table.append_column(field, column)
+        return table
 
 
 def _remember(cache: CacheWriter, rows: pa.Table, appended: pa.Table) -> None:

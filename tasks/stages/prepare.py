@@ -204,6 +204,8 @@ def _remove_dead_staging(run_dir: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+# One streaming pass over the input feeds four outputs at once (shards, manifest, cache
+# hits, totals); split further, the pieces would have to share all of that state.
 def _write_staged(
     source: TableSource,
     job: JobSpec,
