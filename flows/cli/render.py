@@ -1,0 +1,160 @@
+"""What the CLI prints: consoles, the progress bar, results, estimates, runs, and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tasks.infra.errors import GrokBatchError
+
+if TYPE_CHECKING:
+    from tasks.infra.ledger import BatchRow
+    from tasks.money.estimate import Estimate
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(exc: Exception) -> NoReturn:
+    """One red line on stderr and exit code 2: how the CLI reports an error the user can act on."""
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+class ProgressBar:
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} requests"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.bar.add_task("preparing", total=None)
+
+    def __call__(self, progress: Any) -> None:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(progress.states.items()))
+        self.bar.update(
+            self.task,
+            description=f"round {progress.round_no} · {progress.batches} batch(es): {states}",
+            completed=progress.finished,
+            total=progress.requests,
+        )
+
+
+def run_with_progress(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Call a flow with a progress bar fed by its progress listeners."""
+    from flows import run_job
+
+    bar = ProgressBar()
+    run_job.progress_listeners.append(bar)
+    try:
+        with bar.bar:
+            result = call()
+    finally:
+        run_job.progress_listeners.remove(bar)
+    return result
+
+
+def run_and_show(call: Callable[[], dict[str, Any]], data_dir: Path) -> None:
+    try:
+        result = run_with_progress(call)
+    except GrokBatchError as exc:
+        fail(exc)
+    show_result(result, data_dir)
+
+
+def show_result(result: dict[str, Any], data_dir: Path) -> None:
+    if result["state"] != "finished":
+        console.print(
+            f"\nRun [bold]{result['run_key']}[/] is still in progress at the service. Continue it with:\n"
+            f"  grok-batch resume {result['run_key']} --data-dir {data_dir}"
+        )
+        return
+    from tasks.runner import report_path
+    from tasks.stages.report import RunSummary, cost_lines
+
+    summary = result["summary"]
+    table = Table(title=f"run {summary['run_key']}: {summary['rows']} rows, mode {summary['mode']}")
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    for status, count in summary["by_status"].items():
+        if count:
+            table.add_row(status, str(count))
+    console.print(table)
+    tokens = summary["tokens"]
+    console.print(
+        f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_tokens']}), "
+        f"completion {tokens['completion_tokens']}, reasoning {tokens['reasoning_tokens']} · "
+        f"rounds {summary['rounds']}"
+    )
+    for line in cost_lines(RunSummary(**summary)):
+        console.print(line.removeprefix("- ").replace("**", ""), markup=False)
+    for text in summary["rejected_files"]:
+        err_console.print(f"[bold red]Rejected by the service:[/] {text}")
+    console.print(f"output: [bold]{summary['output_path']}[/]")
+    console.print(f"report: {report_path(Path(summary['output_path']))}")
+
+
+def show_estimate(input_path: Path, estimate: Estimate, max_cost_usd: float | None) -> None:
+    console.print(f"[bold]Estimate for {input_path.name}[/] (nothing was sent)")
+    for line in estimate.lines():
+        console.print(f"  {line}")
+    if max_cost_usd is not None:
+        cost = estimate.cost_usd
+        verdict = "within" if cost is not None and cost <= max_cost_usd else "ABOVE"
+        console.print(f"  budget max_cost_usd ${max_cost_usd:,.4f}: the estimate is {verdict} it")
+
+
+def show_runs(runs: list[dict[str, Any]], ledger_url: str) -> None:
+    table = Table(title=f"runs in {ledger_url}")
+    for column in ("run", "job", "input", "state", "round", "output"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(
+            r["run_key"],
+            r["job_name"],
+            r["input_path"],
+            r["state"],
+            str(r["round_no"]),
+            r["output_path"] or "",
+        )
+    console.print(table)
+
+
+def show_batches(batches: Iterable[BatchRow]) -> None:
+    table = Table(title="batches")
+    for column in ("batch", "round", "requests", "step", "state", "finished", "message"):
+        table.add_column(column)
+    for b in batches:
+        table.add_row(
+            b.batch_id or b.batch_name,
+            str(b.round_no),
+            str(b.lines),
+            b.step,
+            b.state or "",
+            str(b.finished),
+            b.message or "",
+        )
+    console.print(table)
+
+
+def show_preview(output: Path) -> None:
+    """The first rows of an output table, its main columns only."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(output)
+    preview = Table(title=f"first rows of {output} ({table.num_rows} rows, {table.num_columns} columns)")
+    shown = [c for c in ("review_id", "text", "status", "response", "cost_usd") if c in table.column_names]
+    for column in shown:
+        preview.add_column(column, overflow="fold", max_width=48)
+    for row in table.select(shown).slice(0, 8).to_pylist():
+        preview.add_row(*[str(row[c])[:120] for c in shown])
+    console.print(preview)
