@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from flows.cli.options import DATA_DIR, MAX_WAIT_S, DataDir, MaxWait, Overwrite
 from flows.cli.render import console, fail, run_and_show, show_batches, show_runs
 from tasks.infra.errors import GrokBatchError
-
-if TYPE_CHECKING:
-    from tasks.infra.ledger import Ledger
 
 
 def resume(
@@ -55,6 +52,7 @@ def status(
 
     Example:  grok-batch status   ·   grok-batch status 3f2a9c
     """
+    from tasks.doors.control import run_status
     from tasks.infra.ledger import Ledger, default_ledger_url
 
     url = default_ledger_url(data_dir)
@@ -62,13 +60,13 @@ def status(
         console.print(f"no runs yet: {url} does not exist (is --data-dir right?)")
         return
     with closing(Ledger(url)) as ledger:
-        runs = ledger.find_runs(run_key or "")
-        if not runs:
+        found = run_status(ledger, run_key)
+        if not found.runs:
             console.print(f"no runs in {ledger.display_url}" + (f" matching {run_key!r}" if run_key else ""))
             return
-        show_runs(runs, ledger.display_url)
-        if run_key and len(runs) == 1:
-            show_batches(ledger.batches(runs[0]["run_key"]))
+        show_runs(found.runs, ledger.display_url)
+        if found.batches:
+            show_batches(found.batches)
 
 
 def cancel(
@@ -80,31 +78,12 @@ def cancel(
 
     Example:  grok-batch cancel 3f2a9c && grok-batch resume 3f2a9c
     """
+    from tasks.doors.control import cancel_run
     from tasks.infra.ledger import Ledger, default_ledger_url
 
     with closing(Ledger(default_ledger_url(data_dir))) as ledger:
-        runs = ledger.find_runs(run_key)
-        if len(runs) != 1:
-            fail(GrokBatchError(f"run {run_key!r} matches {len(runs)} runs"))
-        key = runs[0]["run_key"]
-        ledger.update_run(key, cancel_requested=True)  # no new batches or rounds from now
         try:
-            cancelled = _cancel_at_service(ledger, key)
+            key, cancelled = cancel_run(ledger, run_key)
         except GrokBatchError as exc:
             fail(exc)
     console.print(f"cancelled {cancelled} batch(es); `grok-batch resume {key}` collects what finished")
-
-
-def _cancel_at_service(ledger: Ledger, key: str) -> int:
-    """Cancel the run's submitted batches that are still open; how many were."""
-    from tasks.providers.registry import make_provider
-    from tasks.runner import handle_for
-
-    job = handle_for(ledger, key).job
-    provider = make_provider(job.provider, job.base_url)
-    cancelled = 0
-    for b in ledger.batches(key):
-        if b.batch_id and b.step == "created":
-            provider.cancel(b.batch_id)
-            cancelled += 1
-    return cancelled
