@@ -1,1 +1,1 @@
-"""Benchmarks with same-run baselines; `make bench` runs them (see bench/README.md)."""
+"""Benchmarks with same-run baselines; `make bench` runs them (README, "Performance")."""

@@ -1,2 +1,3 @@
-"""grok-batch stages as plain functions (prepare, submit, poll, collect, join), providers,
-the job spec and the ledger. Prefect @task wrappers live in tasks/prefect_tasks.py."""
+"""The product as plain functions, no Prefect needed: the lifecycle (lifecycle.py) and the
+runner that carries it out, the stages, the providers, money, the job spec, infrastructure,
+and the doors (what the CLI and flows call). Prefect @task wrappers live in flows/stages.py."""

@@ -29,8 +29,7 @@ os.environ.pop("GROK_BATCH_LEDGER_URL", None)
 import pytest  # noqa: E402
 
 from emulator import EmulatorConfig, RunningEmulator  # noqa: E402
-
-EMULATOR_KEY = "test-key-8c1f0d2e9a7b"
+from tests.helpers import EMULATOR_KEY  # noqa: E402
 
 
 @pytest.fixture(scope="session")

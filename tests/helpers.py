@@ -23,6 +23,8 @@ from tasks.providers.registry import make_provider
 from tasks.spec.job import JobSpec
 from tasks.stages.report import RunSummary
 
+EMULATOR_KEY = "test-key-8c1f0d2e9a7b"  # what the test emulators accept
+
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -55,18 +57,6 @@ def run_to_end(
         return runner.finish(ledger, handle, output, overwrite), handle
     finally:
         ledger.close()
-
-
-def drive_to_end(
-    input_path: Path,
-    job: JobSpec,
-    data_dir: Path,
-    output: Path,
-    *,
-    timeout_s: float = 60.0,
-    overwrite: bool = False,
-) -> RunSummary:
-    return run_to_end(input_path, job, data_dir, output, timeout_s=timeout_s, overwrite=overwrite)[0]
 
 
 def advance_until_complete(

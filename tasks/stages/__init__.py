@@ -1,1 +1,1 @@
-"""stages"""
+"""The stages of a run: prepare, submit, poll, collect, answer-sync, reconcile, join, report."""

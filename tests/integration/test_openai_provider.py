@@ -26,8 +26,8 @@ from tasks.providers.openai_compat import NAME_KEY, OpenAIBatchProvider
 from tasks.providers.registry import make_provider
 from tasks.spec.job import JobSpec, build_job
 from tasks.stages.report import RunSummary
-from tests.conftest import EMULATOR_KEY
 from tests.helpers import (
+    EMULATOR_KEY,
     assert_answers_on_their_rows,
     request_bodies,
     review_rows,

@@ -9,7 +9,7 @@ import pytest
 from emulator import RunningEmulator
 from tasks.infra.errors import GrokBatchError
 from tasks.spec.job import build_job
-from tests.helpers import advance_until_complete, assert_answers_on_their_rows, drive_to_end, write_csv
+from tests.helpers import advance_until_complete, assert_answers_on_their_rows, run_to_end, write_csv
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
 
@@ -25,7 +25,7 @@ def test_every_row_gets_its_own_answer_in_input_order(
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "out.parquet"
     job = build_job(None, {**JOB, "prompt": "{{ text }}", "id_column": "id", "shard_max_lines": 50})
-    summary = drive_to_end(src, job, data_dir, out)
+    summary = run_to_end(src, job, data_dir, out)[0]
     table = pq.read_table(out)
     assert table.column_names[:3] == ["id", "text", "n"]
     assert table.column("id").to_pylist() == [r["id"] for r in rows]
@@ -45,7 +45,7 @@ def test_failed_requests_are_retried_in_follow_up_rounds(
     emulator.config.fail_rate = 0.4
     src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(100)])
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(src, build_job(None, {**JOB, "max_attempts": 3}), data_dir, out)
+    summary = run_to_end(src, build_job(None, {**JOB, "max_attempts": 3}), data_dir, out)[0]
     table = pq.read_table(out).to_pylist()
     assert summary.rounds == 3
     attempts = [r["attempts"] for r in table]
@@ -63,7 +63,7 @@ def test_rejected_file_fails_its_rows_with_the_service_message(
     emulator.configure(batch_models=["grok-4.3"])
     src = write_csv(tmp_path / "in.csv", [{"text": "a"}, {"text": "b"}])
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(src, build_job(None, {**JOB, "model": "grok-4-fast-reasoning"}), data_dir, out)
+    summary = run_to_end(src, build_job(None, {**JOB, "model": "grok-4-fast-reasoning"}), data_dir, out)[0]
     assert summary.by_status["failed"] == 2 and summary.rounds == 1  # not retried: it would fail again
     assert "Model grok-4-fast-reasoning is not supported for batch processing." in summary.rejected_files[0]
     errors = pq.read_table(out).column("error").to_pylist()
@@ -77,7 +77,7 @@ def test_model_known_to_be_refused_is_stopped_before_upload(
     with pytest.raises(
         GrokBatchError, match=r"field `model`: grok-4.5 is not accepted by the xAI batch endpoint"
     ):
-        drive_to_end(src, build_job(None, {**JOB, "model": "grok-4.5"}), data_dir, tmp_path / "out.parquet")
+        run_to_end(src, build_job(None, {**JOB, "model": "grok-4.5"}), data_dir, tmp_path / "out.parquet")[0]
     assert emulator.state.request_log == []
 
 
@@ -88,10 +88,10 @@ def test_output_is_never_overwritten_without_permission(
     out = tmp_path / "out.parquet"
     out.write_bytes(b"precious")
     with pytest.raises(GrokBatchError, match="already exists"):
-        drive_to_end(src, build_job(None, JOB), data_dir, out)
+        run_to_end(src, build_job(None, JOB), data_dir, out)[0]
     assert out.read_bytes() == b"precious"
     assert emulator.state.request_log == []  # refused before anything was uploaded
-    drive_to_end(src, build_job(None, JOB), data_dir, out, overwrite=True)
+    run_to_end(src, build_job(None, JOB), data_dir, out, overwrite=True)[0]
     assert pq.read_table(out).num_rows == 1
 
 

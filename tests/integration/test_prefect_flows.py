@@ -72,7 +72,7 @@ def test_key_from_a_prefect_secret_block_when_the_environment_has_none(
 ) -> None:
     from prefect.blocks.system import Secret
 
-    from tests.conftest import EMULATOR_KEY
+    from tests.helpers import EMULATOR_KEY
 
     monkeypatch.delenv("XAI_API_KEY")
     Secret(value=EMULATOR_KEY).save("xai-api-key", overwrite=True)

@@ -26,7 +26,7 @@ from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
 from tasks.spec.job import JobSpec, build_job
 from tasks.stages.report import RunSummary
-from tests.helpers import drive_to_end, write_csv
+from tests.helpers import run_to_end, write_csv
 
 cli = CliRunner()
 
@@ -78,7 +78,7 @@ def test_batch_rows_cost_the_discounted_catalog_prices_of_their_own_tokens(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     out = tmp_path / "batch.parquet"
-    drive_to_end(reviews(tmp_path), job(), data_dir, out)
+    run_to_end(reviews(tmp_path), job(), data_dir, out)[0]
     rows = by_id(out)
     assert len(rows) == 12
     # The emulator's usage for each text, literally (prompt, cached, completion, reasoning).
@@ -105,7 +105,7 @@ def test_the_same_rows_in_mode_sync_cost_standard_prices(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     out = tmp_path / "sync.parquet"
-    summary = drive_to_end(reviews(tmp_path), job(mode="sync"), data_dir, out)
+    summary = run_to_end(reviews(tmp_path), job(mode="sync"), data_dir, out)[0]
     assert summary.mode == "sync"
     assert emulator.state.count("POST", "/v1/files") == 0
     assert emulator.state.count("POST", "/v1/chat/completions", 200) == 12
@@ -131,7 +131,7 @@ def test_reasoning_tokens_are_billed_as_output(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     out = tmp_path / "reasoning.parquet"
-    drive_to_end(reviews(tmp_path, count=10), job(model="grok-4.20-0309-reasoning"), data_dir, out)
+    run_to_end(reviews(tmp_path, count=10), job(model="grok-4.20-0309-reasoning"), data_dir, out)[0]
     rows = by_id(out)
     r = rows["r00"]
     usage = (r["prompt_tokens"], r["cached_tokens"], r["completion_tokens"], r["reasoning_tokens"])
@@ -155,9 +155,9 @@ def test_a_model_without_batch_discount_costs_the_same_in_batch_and_sync(
 ) -> None:
     src = reviews(tmp_path, count=10)
     batch_out, sync_out = tmp_path / "batch.parquet", tmp_path / "sync.parquet"
-    drive_to_end(src, job(model="grok-4-1-fast-reasoning"), data_dir, batch_out)
+    run_to_end(src, job(model="grok-4-1-fast-reasoning"), data_dir, batch_out)[0]
     # cache off: otherwise the sync run would take every answer from the batch run, for $0
-    drive_to_end(src, job(model="grok-4-1-fast-reasoning", mode="sync", cache=False), data_dir, sync_out)
+    run_to_end(src, job(model="grok-4-1-fast-reasoning", mode="sync", cache=False), data_dir, sync_out)[0]
     assert emulator.state.count("POST", "/v1/batches", 200) == 1
     assert emulator.state.count("POST", "/v1/chat/completions", 200) == 10
     batch, sync = by_id(batch_out), by_id(sync_out)
@@ -206,7 +206,7 @@ def test_report_flags_the_batch_discount_the_service_did_not_apply(
     # cost_in_usd_ticks, batch or not; the catalog says batch is 20% off.
     src = reviews(tmp_path)
     out = tmp_path / "batch.parquet"
-    summary = drive_to_end(src, job(), data_dir, out)
+    summary = run_to_end(src, job(), data_dir, out)[0]
     ours, service = _totals(out)
     # 4 x (34.76 + 33.76 + 31.76) e-6 at batch prices; 4 x (43.45 + 42.20 + 39.70) e-6 billed
     assert ours == pytest.approx(401.12e-6, rel=1e-9)
@@ -225,7 +225,7 @@ def test_report_does_not_flag_a_sync_run_billed_at_catalog_prices(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     out = tmp_path / "sync.parquet"
-    drive_to_end(reviews(tmp_path), job(mode="sync"), data_dir, out)
+    run_to_end(reviews(tmp_path), job(mode="sync"), data_dir, out)[0]
     ours, service = _totals(out)
     assert ours == pytest.approx(501.40e-6, rel=1e-9) and service == pytest.approx(501.40e-6, rel=1e-9)
     cost_line, service_line = report_lines(out)
@@ -246,7 +246,7 @@ def test_catalog_whose_batch_prices_match_the_service_gives_no_flag(
     else:
         spec = job(catalog=str(catalog))
     out = tmp_path / "batch.parquet"
-    summary = drive_to_end(reviews(tmp_path), spec, data_dir, out)
+    summary = run_to_end(reviews(tmp_path), spec, data_dir, out)[0]
     assert summary.mode == "batch" and emulator.state.count("POST", "/v1/batches", 200) == 1
     rows = by_id(out)
     assert rows["r00"]["cost_usd"] == pytest.approx(43.45e-6, rel=1e-12)  # the catalog's batch prices
@@ -268,7 +268,7 @@ def test_report_totals_count_every_billed_attempt_of_a_retried_row(
         columns={"sentiment": ["positive", "negative", "neutral"]}, retry_invalid_output=True, max_attempts=2
     )
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(reviews(tmp_path, count=12), spec, data_dir, out)
+    summary = run_to_end(reviews(tmp_path, count=12), spec, data_dir, out)[0]
     assert summary.rounds == 2 and summary.by_status["invalid_output"] == 12
     with emulator.state.lock:
         sent = [emulator.state.batches[i] for i in emulator.state.batch_order]
@@ -380,7 +380,7 @@ def test_run_above_max_cost_usd_is_refused_before_any_upload_then_goes_with_a_hi
     assert emulator.state.request_log == []
     assert not out.exists()
 
-    summary = drive_to_end(src, build_job(None, {**base, "max_cost_usd": 0.01}), data_dir, out)
+    summary = run_to_end(src, build_job(None, {**base, "max_cost_usd": 0.01}), data_dir, out)[0]
     assert summary.by_status["succeeded"] == 19 and summary.by_status["rejected"] == 1
     assert emulator.state.count("POST", "/v1/files", 200) == 1
     assert emulator.state.count("POST", "/v1/batches", 200) == 1
@@ -410,7 +410,7 @@ def test_model_refused_by_the_batch_endpoint_is_stopped_before_upload_and_sugges
 ) -> None:
     src = reviews(tmp_path, count=10)
     with pytest.raises(JobSpecError, match=r"grok-4.5 is not accepted .*`mode: sync`"):
-        drive_to_end(src, job(model="grok-4.5"), data_dir, tmp_path / "batch.parquet")
+        run_to_end(src, job(model="grok-4.5"), data_dir, tmp_path / "batch.parquet")[0]
     with pytest.raises(JobSpecError, match=r"`mode: sync`"):
         runner.dry_run(TableSource(src), job(model="grok-4.5"), data_dir / "runs")
     assert emulator.state.request_log == []
@@ -421,7 +421,7 @@ def test_model_refused_by_the_batch_endpoint_runs_in_mode_sync(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     out = tmp_path / "sync.parquet"
-    summary = drive_to_end(reviews(tmp_path, count=10), job(model="grok-4.5", mode="sync"), data_dir, out)
+    summary = run_to_end(reviews(tmp_path, count=10), job(model="grok-4.5", mode="sync"), data_dir, out)[0]
     assert summary.mode == "sync" and summary.by_status["succeeded"] == 10
     assert emulator.state.count("POST", "/v1/chat/completions", 200) == 10
     assert emulator.state.count("POST", "/v1/files") == 0 and emulator.state.count("POST", "/v1/batches") == 0
@@ -434,17 +434,17 @@ def test_mode_auto_sends_a_model_the_batch_endpoint_refuses_synchronously_whatev
 ) -> None:
     out = tmp_path / "auto.parquet"
     spec = job(model="grok-4.5", mode="auto", auto_sync_max_rows=0)  # batch for any size, if accepted
-    summary = drive_to_end(reviews(tmp_path, count=10), spec, data_dir, out)
+    summary = run_to_end(reviews(tmp_path, count=10), spec, data_dir, out)[0]
     assert summary.mode == "sync" and summary.by_status["succeeded"] == 10
     assert emulator.state.count("POST", "/v1/chat/completions", 200) == 10
     assert emulator.state.count("POST", "/v1/files") == 0 and emulator.state.count("POST", "/v1/batches") == 0
     # and an accepted model with the same settings goes as a batch
-    summary = drive_to_end(
+    summary = run_to_end(
         reviews(tmp_path, "b.csv", count=10),
         job(mode="auto", auto_sync_max_rows=0),
         data_dir,
         tmp_path / "b.parquet",
-    )
+    )[0]
     assert summary.mode == "batch" and emulator.state.count("POST", "/v1/batches", 200) == 1
 
 
@@ -454,9 +454,9 @@ def test_unknown_model_is_a_warning_not_an_error(
     emulator.configure(batch_models=[*DEFAULT_BATCH_MODELS, "grok-9-preview"])
     out = tmp_path / "out.parquet"
     with caplog.at_level(logging.WARNING, logger="grok_batch"):
-        summary: RunSummary = drive_to_end(
+        summary: RunSummary = run_to_end(
             reviews(tmp_path, count=10), job(model="grok-9-preview"), data_dir, out
-        )
+        )[0]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("'grok-9-preview' is not in the model catalog" in w for w in warnings), warnings
     assert summary.by_status["succeeded"] == 10

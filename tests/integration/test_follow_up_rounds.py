@@ -12,7 +12,7 @@ from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
 from tasks.providers.xai import XaiProvider
 from tasks.spec.job import build_job
-from tests.helpers import advance_until_complete, assert_answers_on_their_rows, drive_to_end, write_csv
+from tests.helpers import advance_until_complete, assert_answers_on_their_rows, run_to_end, write_csv
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
 
@@ -62,9 +62,9 @@ def test_expiry_on_the_last_attempt_ends_rows_expired(
 ) -> None:
     emulator.configure(processing_s=3.0, expire_after_s=1.0)
     src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(40)])
-    summary = drive_to_end(
+    summary = run_to_end(
         src, build_job(None, {**JOB, "max_attempts": 1}), data_dir, tmp_path / "out.parquet"
-    )
+    )[0]
     assert summary.by_status["succeeded"] > 0 and summary.by_status["expired"] > 0
     assert summary.by_status["succeeded"] + summary.by_status["expired"] == 40
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
@@ -97,7 +97,7 @@ def test_storm_of_429_500_and_dropped_connections_still_completes(
     emulator.configure(rate_429=0.3, rate_500=0.1, drop_rate=0.05, drop_after_create_rate=0.3, seed=5)
     src = write_csv(tmp_path / "in.csv", [{"text": f"t{i} great"} for i in range(60)])
     job = build_job(None, {**JOB, "shard_max_lines": 15})
-    summary = drive_to_end(src, job, data_dir, tmp_path / "out.parquet")
+    summary = run_to_end(src, job, data_dir, tmp_path / "out.parquet")[0]
     assert summary.by_status["succeeded"] == 60
     assert emulator.state.count("POST", "/v1/batches", 200) == 4  # lost replies found by name
     faults = [e for e in emulator.state.request_log if e[2] in (0, 429, 500)]

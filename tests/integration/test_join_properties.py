@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from emulator import EmulatorConfig, RunningEmulator
 from tasks.spec.job import build_job
-from tests.conftest import EMULATOR_KEY
-from tests.helpers import assert_answers_on_their_rows, drive_to_end
+from tests.helpers import EMULATOR_KEY, assert_answers_on_their_rows, run_to_end
 
 texts = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",)),  # any unicode scalar, controls included
@@ -35,7 +34,7 @@ def test_answers_land_on_their_own_rows(tmp_path_factory, monkeypatch, rows, see
             None, {"model": "grok-4.3", "prompt": "[{{ group }}] {{ text }}", "shard_max_lines": 7}
         )
         out = tmp / "out.parquet"
-        summary = drive_to_end(src, job, tmp / "data", out)
+        summary = run_to_end(src, job, tmp / "data", out)[0]
     table = pq.read_table(out)
     assert table.column("text").to_pylist() == [t for t, _ in rows]
     assert table.num_rows == len(rows) == summary.rows

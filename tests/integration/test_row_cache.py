@@ -16,7 +16,7 @@ from emulator import RunningEmulator
 from flows.cli import app
 from tasks import runner
 from tasks.spec.job import JobSpec, build_job
-from tests.helpers import drive_to_end, write_csv
+from tests.helpers import run_to_end, write_csv
 
 cli = CliRunner()
 SYSTEM = "You are a terse review classifier."
@@ -59,12 +59,12 @@ def test_appended_rows_are_the_only_requests_sent_again(
 ) -> None:
     first_src = write_csv(tmp_path / "reviews.csv", rows(0, 12))
     first_out = tmp_path / "first.parquet"
-    first = drive_to_end(first_src, job(), data_dir, first_out)
+    first = run_to_end(first_src, job(), data_dir, first_out)[0]
     assert first.by_status["succeeded"] == 12 and first.from_cache == 0
 
     grown = write_csv(tmp_path / "reviews-grown.csv", rows(0, 17))  # 5 rows appended to a copy
     second_out = tmp_path / "second.parquet"
-    second = drive_to_end(grown, job(), data_dir, second_out)
+    second = run_to_end(grown, job(), data_dir, second_out)[0]
 
     batches = sent_batches(emulator)
     assert [len(b) for b in batches] == [12, 5]
@@ -108,9 +108,9 @@ def test_appended_rows_are_the_only_requests_sent_again(
 
 
 def test_cache_off_sends_every_row_again(tmp_path: Path, emulator: RunningEmulator, data_dir: Path) -> None:
-    drive_to_end(
-        write_csv(tmp_path / "reviews.csv", rows(0, 12)), job(), data_dir, tmp_path / "first.parquet"
-    )
+    run_to_end(write_csv(tmp_path / "reviews.csv", rows(0, 12)), job(), data_dir, tmp_path / "first.parquet")[
+        0
+    ]
     grown = write_csv(tmp_path / "reviews-grown.csv", rows(0, 17))
 
     # The estimate says what the cache would save, and --no-cache turns it off.
@@ -125,7 +125,7 @@ def test_cache_off_sends_every_row_again(tmp_path: Path, emulator: RunningEmulat
     assert len(sent_batches(emulator)) == 1  # dry runs send nothing
 
     out = tmp_path / "second.parquet"
-    summary = drive_to_end(grown, job(cache=False), data_dir, out)
+    summary = run_to_end(grown, job(cache=False), data_dir, out)[0]
     batches = sent_batches(emulator)
     assert [len(b) for b in batches] == [12, 17]
     assert user_texts(batches[1]) == {f"Classify: {r['text']}" for r in rows(0, 17)}
@@ -139,12 +139,12 @@ def test_changed_template_sends_everything_again_but_name_or_output_reuse_every_
 ) -> None:
     src = write_csv(tmp_path / "reviews.csv", rows(0, 12))
     first_out = tmp_path / "first.parquet"
-    drive_to_end(src, job(), data_dir, first_out)
+    run_to_end(src, job(), data_dir, first_out)[0]
     first = by_id(first_out)
 
     # Another template: other requests, all sent.
     rated_out = tmp_path / "rated.parquet"
-    drive_to_end(src, job(prompt="Rate this review: {{ text }}"), data_dir, rated_out)
+    run_to_end(src, job(prompt="Rate this review: {{ text }}"), data_dir, rated_out)[0]
     batches = sent_batches(emulator)
     assert [len(b) for b in batches] == [12, 12]
     assert user_texts(batches[1]) == {f"Rate this review: {r['text']}" for r in rows(0, 12)}
@@ -156,7 +156,7 @@ def test_changed_template_sends_everything_again_but_name_or_output_reuse_every_
     # Only the name and the output differ, on a reordered copy (a new run): nothing is sent.
     shuffled = write_csv(tmp_path / "reviews-reordered.csv", list(reversed(rows(0, 12))))
     renamed_out = tmp_path / "renamed.parquet"
-    renamed = drive_to_end(shuffled, job(name="renamed-job", output=str(renamed_out)), data_dir, renamed_out)
+    renamed = run_to_end(shuffled, job(name="renamed-job", output=str(renamed_out)), data_dir, renamed_out)[0]
     assert len(sent_batches(emulator)) == 2
     assert renamed.from_cache == 12 and renamed.rounds == 0
     again = by_id(renamed_out)
@@ -166,7 +166,7 @@ def test_changed_template_sends_everything_again_but_name_or_output_reuse_every_
 
     # Only the output differs, same file: the finished run's answers are written again.
     elsewhere = tmp_path / "elsewhere.parquet"
-    drive_to_end(src, job(output=str(elsewhere)), data_dir, elsewhere)
+    run_to_end(src, job(output=str(elsewhere)), data_dir, elsewhere)[0]
     assert len(sent_batches(emulator)) == 2
     assert emulator.state.count("POST", "/v1/files", 200) == 2
     assert {k: r["response"] for k, r in by_id(elsewhere).items()} == {
@@ -180,7 +180,7 @@ def test_failed_and_invalid_rows_are_not_cached(
     structured = {"columns": {"sentiment": ["positive", "negative", "neutral"]}, "max_attempts": 1}
     emulator.configure(fail_rate=0.3, invalid_output_rate=0.3)
     first_out = tmp_path / "first.parquet"
-    drive_to_end(write_csv(tmp_path / "reviews.csv", rows(0, 20)), job(**structured), data_dir, first_out)
+    run_to_end(write_csv(tmp_path / "reviews.csv", rows(0, 20)), job(**structured), data_dir, first_out)[0]
     first = by_id(first_out)
     statuses = [r["status"] for r in first.values()]
     failed = {k for k, r in first.items() if r["status"] == "failed"}
@@ -189,9 +189,9 @@ def test_failed_and_invalid_rows_are_not_cached(
 
     emulator.configure(fail_rate=0.0, invalid_output_rate=0.0)
     second_out = tmp_path / "second.parquet"
-    second = drive_to_end(
+    second = run_to_end(
         write_csv(tmp_path / "grown.csv", rows(0, 21)), job(**structured), data_dir, second_out
-    )
+    )[0]
     after = by_id(second_out)
     batches = sent_batches(emulator)
     assert len(batches) == 2
@@ -209,14 +209,14 @@ def test_all_rows_cached_completes_without_any_batch(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     first_out = tmp_path / "first.parquet"
-    drive_to_end(write_csv(tmp_path / "reviews.csv", rows(0, 12)), job(), data_dir, first_out)
+    run_to_end(write_csv(tmp_path / "reviews.csv", rows(0, 12)), job(), data_dir, first_out)[0]
     assert emulator.state.count("POST", "/v1/files", 200) == 1
     assert emulator.state.count("POST", "/v1/batches", 200) == 1
     log_before = len(emulator.state.request_log)
 
     reordered = write_csv(tmp_path / "reordered.csv", list(reversed(rows(0, 12))))
     out = tmp_path / "second.parquet"
-    summary = drive_to_end(reordered, job(), data_dir, out)
+    summary = run_to_end(reordered, job(), data_dir, out)[0]
     assert emulator.state.request_log[log_before:] == []  # not one call to the service
     assert summary.rounds == 0 and summary.batches == []
     assert summary.by_status["succeeded"] == 12 and summary.from_cache == 12

@@ -25,8 +25,8 @@ from tasks.infra.run_layout import RunPaths, RunPlan
 from tasks.spec.job import JobSpec, build_job
 from tasks.stages.answer_sync import read_journal
 from tasks.stages.report import RunSummary
-from tests.conftest import EMULATOR_KEY
 from tests.helpers import (
+    EMULATOR_KEY,
     assert_answers_on_their_rows,
     request_bodies,
     review_rows,

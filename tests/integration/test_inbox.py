@@ -10,8 +10,7 @@ import pytest
 from emulator import RunningEmulator
 from flows.collect import collect_pending
 from flows.scan_inbox import scan_inbox
-from tests.conftest import EMULATOR_KEY
-from tests.helpers import write_csv
+from tests.helpers import EMULATOR_KEY, write_csv
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 JOB_YAML = "model: grok-4.3\nprompt: 'Classify: {{ text }}'\n"

@@ -21,7 +21,7 @@ from tasks.infra.errors import GrokBatchError, JobSpecError
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
 from tasks.spec.job import JobSpec, build_job
-from tests.helpers import drive_to_end, write_csv
+from tests.helpers import run_to_end, write_csv
 
 COLUMNS = {
     "sentiment": ["positive", "negative", "neutral"],
@@ -102,7 +102,7 @@ def test_columns_job_sends_a_strict_schema_and_writes_typed_columns(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(table_of(tmp_path), job(), data_dir, out)
+    summary = run_to_end(table_of(tmp_path), job(), data_dir, out)[0]
     assert summary.by_status["succeeded"] == 12
     bodies = sent_bodies(emulator)
     assert len(bodies) == 12
@@ -138,8 +138,8 @@ def test_sync_mode_gives_the_same_typed_columns(
 ) -> None:
     src = table_of(tmp_path)
     batch_out, sync_out = tmp_path / "batch.parquet", tmp_path / "sync.parquet"
-    drive_to_end(src, job(), data_dir, batch_out)
-    summary = drive_to_end(src, job(mode="sync", cache=False), data_dir, sync_out)
+    run_to_end(src, job(), data_dir, batch_out)[0]
+    summary = run_to_end(src, job(mode="sync", cache=False), data_dir, sync_out)[0]
     assert summary.mode == "sync"
     assert emulator.state.count("POST", "/v1/chat/completions", 200) == 12
     assert emulator.state.count("POST", "/v1/batches", 200) == 1  # the batch run's only
@@ -173,7 +173,7 @@ def test_nested_property_of_a_json_schema_becomes_a_json_string_column(
         "additionalProperties": False,
     }
     out = tmp_path / "out.parquet"
-    drive_to_end(table_of(tmp_path, 10), job(columns=None, json_schema=schema), data_dir, out)
+    run_to_end(table_of(tmp_path, 10), job(columns=None, json_schema=schema), data_dir, out)[0]
     bodies = sent_bodies(emulator)
     table = pq.read_table(out)
     assert table.column_names[-3:] == ["label", "details", "score"]
@@ -213,9 +213,9 @@ def test_invalid_answers_are_retried_when_the_job_says_so(
 ) -> None:
     emulator.configure(invalid_output_rate=1.0)
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(
+    summary = run_to_end(
         table_of(tmp_path, 10), job(retry_invalid_output=True, max_attempts=2), data_dir, out
-    )
+    )[0]
     assert summary.by_status["invalid_output"] == 10 and summary.rounds == 2
     batches = sent_batches(emulator)
     assert [len(b) for b in batches] == [10, 10]  # every row sent again in round 2
@@ -231,7 +231,7 @@ def test_invalid_answers_are_not_retried_by_default(
 ) -> None:
     emulator.configure(invalid_output_rate=1.0)
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(table_of(tmp_path, 10), job(max_attempts=3), data_dir, out)
+    summary = run_to_end(table_of(tmp_path, 10), job(max_attempts=3), data_dir, out)[0]
     assert summary.by_status["invalid_output"] == 10 and summary.rounds == 1
     assert emulator.state.count("POST", "/v1/batches", 200) == 1  # no follow-up round
     rows = rows_of(out)
@@ -246,7 +246,7 @@ def test_a_fraction_of_invalid_answers_lands_on_exactly_the_rows_that_got_them(
 ) -> None:
     emulator.configure(invalid_output_rate=0.5)
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(table_of(tmp_path, 20), job(), data_dir, out)
+    summary = run_to_end(table_of(tmp_path, 20), job(), data_dir, out)[0]
     bodies = sent_bodies(emulator)
     rows = rows_of(out)
     broken = {r["id"] for r in rows if invalid_output(bodies[r["custom_id"]], 0.5, 0) is not None}
@@ -264,7 +264,7 @@ def test_truncated_answer_is_invalid_output_with_a_truncated_reason(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
     out = tmp_path / "out.parquet"
-    summary = drive_to_end(table_of(tmp_path, 10), job(params={"max_tokens": 8}), data_dir, out)
+    summary = run_to_end(table_of(tmp_path, 10), job(params={"max_tokens": 8}), data_dir, out)[0]
     assert summary.by_status["invalid_output"] == 10 and summary.rounds == 1
     bodies = sent_bodies(emulator)
     for row in rows_of(out):

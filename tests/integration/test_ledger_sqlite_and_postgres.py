@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from emulator import RunningEmulator
 from tasks.infra.ledger import Ledger, RunBusyError, metadata
 from tasks.spec.job import build_job
-from tests.helpers import drive_to_end, write_csv
+from tests.helpers import run_to_end, write_csv
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -91,12 +91,12 @@ def test_pipeline_runs_on_the_configured_ledger(
 ) -> None:
     monkeypatch.setenv("GROK_BATCH_LEDGER_URL", ledger_url)
     src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(20)])
-    summary = drive_to_end(
+    summary = run_to_end(
         src,
         build_job(None, {"model": "grok-4.3", "prompt": "{{ text }}"}),
         tmp_path / "d",
         tmp_path / "o.parquet",
-    )
+    )[0]
     assert summary.by_status["succeeded"] == 20 and pq.read_table(tmp_path / "o.parquet").num_rows == 20
     ledger = Ledger(ledger_url)
     assert ledger.run(summary.run_key)["state"] == "finished"

@@ -17,7 +17,7 @@ from openai.types import Batch
 
 from emulator import EmulatorConfig, RunningEmulator
 from emulator.completions import chat_completion, chat_completion_json, expected_answer, structured_answer
-from tests.conftest import EMULATOR_KEY
+from tests.helpers import EMULATOR_KEY
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 REASONING_MODEL = "grok-4.20-0309-reasoning"

@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from emulator import RunningEmulator
-from tests.conftest import EMULATOR_KEY
-from tests.helpers import write_csv
+from tests.helpers import EMULATOR_KEY, write_csv
 
 pytestmark = pytest.mark.slow
 INTERVAL_S = 4
@@ -131,7 +130,6 @@ def test_dropped_file_is_finished_by_the_scheduled_scan_and_collector(
             assert served.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(0.5)
-        time.sleep(1)  # let the collector's flow run report its end state
     finally:
         stop(served)
 
@@ -142,10 +140,16 @@ def test_dropped_file_is_finished_by_the_scheduled_scan_and_collector(
     assert list(inbox.glob("reviews*")) == []
     assert emulator.state.count("POST", "/v1/batches", 200) == 1
 
-    runs, artifacts = asyncio.run(_runs_and_artifacts(prefect_server["PREFECT_API_URL"]))
-    finished = [r for r in runs if r.state is not None and r.state.is_completed()]
-    names = {r.flow_id for r in finished}
-    assert len(names) >= 2  # both scan-inbox and collect-pending ran as deployments
+    deadline = time.monotonic() + 30  # the last runs report their end state through the API
+    while True:
+        runs, artifacts = asyncio.run(_runs_and_artifacts(prefect_server["PREFECT_API_URL"]))
+        finished = [r for r in runs if r.state is not None and r.state.is_completed()]
+        names = {r.flow_id for r in finished}
+        if len(names) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    seen = sorted((r.name, r.state.name if r.state else None) for r in runs)
+    assert len(names) >= 2, seen  # both scan-inbox and collect-pending ran as deployments
     assert all(r.deployment_id is not None for r in finished)
     longest = max(r.total_run_time.total_seconds() for r in finished)
     assert longest < 3 * INTERVAL_S, f"a flow run lasted {longest:.1f}s: something waited in a worker"

@@ -14,7 +14,7 @@ from emulator.completions import expected_answer
 from tasks.infra.errors import ProviderError
 from tasks.providers.base import BatchState
 from tasks.providers.xai import XaiProvider
-from tests.conftest import EMULATOR_KEY
+from tests.helpers import EMULATOR_KEY
 
 
 def jsonl(path: Path, lines: list[dict]) -> Path:

@@ -16,8 +16,7 @@ import pytest
 from emulator import EmulatorConfig, RunningEmulator
 from tasks.infra import crashpoints
 from tasks.infra.ledger import Ledger, default_ledger_url
-from tests.conftest import EMULATOR_KEY
-from tests.helpers import assert_answers_on_their_rows, run_cli, write_csv
+from tests.helpers import EMULATOR_KEY, assert_answers_on_their_rows, run_cli, write_csv
 
 pytestmark = pytest.mark.slow
 ROWS = 30
