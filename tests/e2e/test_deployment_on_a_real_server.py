@@ -130,6 +130,7 @@ def test_dropped_file_is_finished_by_the_scheduled_scan_and_collector(
             assert served.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(0.5)
+        time.sleep(1)  # let the collector's flow run report its end state
     finally:
         stop(served)
 
