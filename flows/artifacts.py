@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -22,8 +23,9 @@ def progress_text(progress: runner.Progress) -> str:
 class ProgressArtifact:
     """One progress artifact on the current flow run, updated as the run advances."""
 
-    def __init__(self, run_key: str) -> None:
-        self.artifact_id: Any = create_progress_artifact(
+    def __init__(self, run_key: str, artifact_id: str | None = None) -> None:
+        """A new artifact, or the one this flow run made before it was suspended."""
+        self.artifact_id: Any = artifact_id or create_progress_artifact(
             progress=0.0, description=f"grok-batch run {run_key}"
         )
 
@@ -36,7 +38,15 @@ class ProgressArtifact:
 
 
 def publish_progress(run: dict[str, Any], progress: runner.Progress) -> None:
-    """A keyed progress artifact for a run advanced by a background pass."""
+    """A background pass's news of a run: on its home's own progress bar when it has one,
+    else a keyed progress artifact."""
+    if run.get("progress_artifact_id"):
+        update_progress_artifact(
+            artifact_id=UUID(run["progress_artifact_id"]),
+            progress=100.0 * progress.fraction,
+            description=progress_text(progress),
+        )
+        return
     create_progress_artifact(
         progress=100.0 * progress.fraction,
         key=f"grok-batch-progress-{run['run_key']}",
@@ -45,13 +55,22 @@ def publish_progress(run: dict[str, Any], progress: runner.Progress) -> None:
 
 
 def publish_summary(summary: RunSummary, run_key: str) -> None:
-    counts = [{"status": s, "rows": n} for s, n in summary.by_status.items() if n]
-    counts += [{"status": f"tokens: {k}", "rows": v} for k, v in summary.tokens.items()]
-    counts += [
-        {"status": "cost_usd", "rows": round(summary.cost_usd, 6)},
-        {"status": "rounds (attempts)", "rows": summary.rounds},
+    """On the current flow run: rows by status (with their share), tokens and cost, and the report."""
+    total = max(summary.rows, 1)
+    by_status = [
+        {"status": status, "rows": count, "share": f"{100.0 * count / total:.1f}%"}
+        for status, count in summary.by_status.items()
+        if count
     ]
-    create_table_artifact(table=counts, key=f"grok-batch-summary-{run_key}", description="Rows by status")
+    create_table_artifact(table=by_status, key=f"grok-batch-summary-{run_key}", description="Rows by status")
+    usage = [{"measure": name, "value": value} for name, value in summary.tokens.items()]
+    usage += [
+        {"measure": "cost_usd", "value": round(summary.cost_usd, 6)},
+        {"measure": "service_cost_usd", "value": summary.service_cost_usd},
+        {"measure": "rows answered from the cache", "value": summary.from_cache},
+        {"measure": "rounds (attempts)", "value": summary.rounds},
+    ]
+    create_table_artifact(table=usage, key=f"grok-batch-usage-{run_key}", description="Tokens and cost")
     create_markdown_artifact(
         markdown=render_markdown(summary), key=f"grok-batch-report-{run_key}", description="Run report"
     )

@@ -8,15 +8,22 @@ ledger for `grok-batch resume` or a collector to finish.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
+from prefect.flow_runs import suspend_flow_run
 from prefect.runtime import flow_run
+from pydantic import GetJsonSchemaHandler
 
-from flows.artifacts import ProgressArtifact
+from flows.artifacts import ProgressArtifact, progress_text
+from flows.events import emit_run_event
 from flows.stages import advance_with_tasks, finish_and_publish, prepare_task
+from flows.wakeups import book_collector, current_flow_run_id, deployed, next_delay_s
 from tasks import runner
 from tasks.doors.control import find_run
 from tasks.doors.drive import WaitPolicy, drive
@@ -34,6 +41,22 @@ def default_output(input_path: Path, data_dir: Path) -> Path:
     return data_dir / "outbox" / f"{input_path.stem}.parquet"
 
 
+class _CatalogModels:
+    """Lists the catalog's models as examples of the form's `model` field (the field stays a
+    free string: a gateway may serve models the catalog does not know)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> Any:
+        from tasks.money.catalog import load_catalog
+
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        target.get("properties", {}).get("model", {})["examples"] = sorted(load_catalog())
+        return schema
+
+
+FormJob = Annotated[JobSpec, _CatalogModels()]
+
+
 def _flow_run_name() -> str:
     params = flow_run.parameters
     job = params.get("job")
@@ -41,27 +64,51 @@ def _flow_run_name() -> str:
     return f"{job_name} · {Path(str(params.get('input_path', '?'))).name}"
 
 
+# How a run that is not deployed waits (the CLI sets it): deployed runs suspend instead.
+_LOCAL_WAIT: ContextVar[WaitPolicy | None] = ContextVar("grok_batch_local_wait", default=None)
+
+
+@contextmanager
+def local_wait(policy: WaitPolicy) -> Iterator[None]:
+    """Run `run_batch_job` calls in this block with this in-process wait policy."""
+    token = _LOCAL_WAIT.set(policy)
+    try:
+        yield
+    finally:
+        _LOCAL_WAIT.reset(token)
+
+
 @flow(name="run-batch-job", flow_run_name=_flow_run_name, log_prints=True)
 def run_batch_job(
     input_path: str,
-    job: JobSpec,
+    job: FormJob,
     output: str | None = None,
     overwrite: bool = False,
-    wait: bool = True,
     data_dir: str = "data",
     encoding: str = "utf-8",
-    poll_interval_s: float = 2.0,
-    max_poll_interval_s: float = 60.0,
-    max_wait_s: float = 26 * 3600.0,
 ) -> dict[str, Any]:
-    """Run every row of INPUT through the job's model as a batch; write the table back with
-    an answer, usage, cost and status on every row."""
+    """Run every row of a table through the job's model; write the table back as Parquet
+    with an answer, usage, cost and status on every row.
+
+    A deployed run is this job's home from start to Parquet: it submits, shows progress on
+    this page, waits Suspended (holding no worker) while the service works, and is resumed
+    by collect-pending to collect and join.
+
+    Args:
+        input_path: The table to run: a .csv or .parquet path the worker can read.
+        job: The question for every row: model, prompt template, parameters.
+        output: Where the output .parquet goes (default DATA_DIR/outbox/INPUT.parquet).
+        overwrite: Replace the output if it exists (else an existing output stops the run).
+        data_dir: Where runs (request shards, results) and the ledger live.
+        encoding: Text encoding of a CSV input.
+    """
     logger = get_run_logger()
     data_root = Path(data_dir)
     source = TableSource(Path(input_path), encoding=encoding)
     output_path = Path(output or job.output or default_output(source.path, data_root))
     runs_root = data_root / "runs"
     ledger = Ledger(default_ledger_url(data_root))
+    key: str | None = None
     try:
         key = runner.register_run(source, job, runs_root, ledger, output_path, overwrite)
         with ledger.lease(key):
@@ -75,10 +122,50 @@ def run_batch_job(
                 handle.plan.mode,
                 f" (auto: sync up to {job.auto_sync_max_rows} rows)" if job.mode == "auto" else "",
             )
-            policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
-            return _drive(ledger, provider, handle, output_path, overwrite, policy)
+            if deployed() and handle.plan.mode != "sync":
+                result = _advance_or_wait(ledger, provider, handle, output_path, overwrite)
+            else:  # in-process: the CLI, a notebook, a sync run (its work is here)
+                policy = _LOCAL_WAIT.get() or WaitPolicy()
+                result = _drive(ledger, provider, handle, output_path, overwrite, policy)
+    except Exception as exc:
+        run = ledger.run(key) if key else None
+        if run is not None:  # refused before the ledger knew it: nothing to chain on
+            emit_run_event("failed", run, {"error": str(exc)[:500]})
+        raise
     finally:
         ledger.close()
+    if result["state"] == "waiting":
+        suspend_flow_run(key=f"wait-{time.time_ns()}")  # the process exits; resumed from the top
+    return result
+
+
+def _advance_or_wait(
+    ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle, output_path: Path, overwrite: bool
+) -> dict[str, Any]:
+    """One pass on the run's own page; finished, or recorded as waiting for its resume."""
+    logger = get_run_logger()
+    run = ledger.run(handle.run_key) or {}
+    mine = run.get("flow_run_id") == current_flow_run_id() and run.get("progress_artifact_id")
+    artifact = ProgressArtifact(handle.run_key, run["progress_artifact_id"] if mine else None)
+    progress = advance_with_tasks(ledger, provider, handle)
+    artifact(progress)
+    if progress.complete:
+        summary = finish_and_publish(ledger, handle, output_path, overwrite)
+        ledger.update_run(handle.run_key, flow_run_id=None, progress_artifact_id=None)
+        return {"run_key": handle.run_key, "state": "finished", "summary": summary.as_dict()}
+    if not mine:
+        emit_run_event("submitted", run, {"rows": handle.plan.total_rows, "mode": handle.plan.mode})
+    ledger.update_run(
+        handle.run_key, flow_run_id=current_flow_run_id(), progress_artifact_id=str(artifact.artifact_id)
+    )
+    book_collector(next_delay_s(float(run.get("created_at") or time.time())), logger)
+    logger.info(
+        "run %s waits for the service (%s): suspended, holding no worker; collect-pending polls "
+        "and resumes this flow run when there is work",
+        handle.run_key,
+        progress_text(progress),
+    )
+    return {"run_key": handle.run_key, "state": "waiting", "progress": progress.__dict__}
 
 
 @flow(name="resume-batch-job", log_prints=True)

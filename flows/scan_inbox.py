@@ -1,7 +1,8 @@
 """The `scan-inbox` flow: turn settled files in the inbox into submitted runs.
 
 It submits and returns; `collect-pending` finishes the runs and moves inputs to archive/.
-The admission rules are `tasks.doors.admission.admit_settled`.
+The admission rules are `tasks.doors.admission.admit_settled`. A pass in which a dropped
+file could not be processed ends Failed (the file is in failed/ with a note), so alerts fire.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.logs import TeeLog
 from flows.stages import prepare_task, submit_task
+from flows.wakeups import book_collector, deployed, rename_current_run
 from tasks.doors import inbox
-from tasks.doors.admission import admit_settled
+from tasks.doors.admission import admit_settled, raise_if_failed
 from tasks.infra.ledger import Ledger, default_ledger_url
 
 
@@ -21,21 +24,33 @@ from tasks.infra.ledger import Ledger, default_ledger_url
 def scan_inbox(
     data_dir: str = "data", inbox_dir: str | None = None, settle_s: float = 10.0
 ) -> dict[str, Any]:
-    """Claim every dropped table that has stopped growing and submit its batches."""
+    """Claim every dropped table that has stopped growing and submit its batches.
+
+    Args:
+        data_dir: Where runs, the ledger and the inbox folders live.
+        inbox_dir: The inbox folder, when it is not DATA_DIR/inbox.
+        settle_s: A dropped file is taken once it has not changed for this many seconds.
+    """
+    logger = get_run_logger()
     data_root = Path(data_dir)
     layout = inbox.InboxLayout.under(data_root, Path(inbox_dir) if inbox_dir else None)
     ledger = Ledger(default_ledger_url(data_root))
     try:
-        return dict(
-            admit_settled(
-                ledger,
-                layout,
-                data_root / "runs",
-                settle_s,
-                prepare=prepare_task,
-                submit=submit_task,
-                log=get_run_logger(),
-            )
+        outcome = admit_settled(
+            ledger,
+            layout,
+            data_root / "runs",
+            settle_s,
+            prepare=prepare_task,
+            submit=submit_task,
+            log=TeeLog(),
         )
     finally:
         ledger.close()
+    if deployed():
+        counts = [f"{len(outcome[k])} {k}" for k in ("submitted", "duplicates", "failed") if outcome[k]]
+        rename_current_run(" · ".join(["scan", *counts]) if counts else "scan · idle")
+        if outcome["submitted"]:
+            book_collector(10.0, logger)
+    raise_if_failed(outcome)
+    return dict(outcome)

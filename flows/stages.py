@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_summary
+from flows.events import emit_run_event
 from tasks import runner
 from tasks.infra.ledger import Ledger
 from tasks.infra.table_io import TableSource
@@ -81,7 +82,18 @@ def advance_with_tasks(ledger: Ledger, provider: BatchProvider, handle: runner.R
 def finish_and_publish(
     ledger: Ledger, handle: runner.RunHandle, output_path: Path, overwrite: bool
 ) -> RunSummary:
-    """Join, write output and report, and show the summary and report in the UI."""
+    """Join, write output and report, show the summary and report in the UI, and tell
+    whoever chains on `grok-batch.run.finished`."""
     summary = join_task(ledger, handle, output_path, overwrite)
     publish_summary(summary, handle.run_key)
+    run = ledger.run(handle.run_key) or {}
+    emit_run_event(
+        "finished",
+        {**run, "output_path": summary.output_path},
+        {
+            "rows": summary.rows,
+            "by_status": {k: v for k, v in summary.by_status.items() if v},
+            "cost_usd": round(summary.cost_usd, 6),
+        },
+    )
     return summary

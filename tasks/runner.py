@@ -327,6 +327,27 @@ def _view(row: BatchRow) -> ShardView:
     return ShardView(row.step, row.state, row.batch_id)
 
 
+def _next_actions(ledger: Ledger, handle: RunHandle) -> list[Action]:
+    run = ledger.run(handle.run_key) or {}
+    return next_actions(
+        run.get("state", RunState.OPEN),
+        handle.plan.mode,
+        bool(run.get("cancel_requested")),
+        [_view(row) for row in ledger.batches(handle.run_key)],
+    )
+
+
+def watch(
+    ledger: Ledger, provider: BatchProvider, handle: RunHandle, stages: Stages = PLAIN_STAGES
+) -> tuple[Progress, bool]:
+    """For a run whose home (a suspended flow run) waits: poll only, and say whether the
+    home has work to do now (anything but polling), so it can be woken for it."""
+    if Action.POLL in _next_actions(ledger, handle):
+        stages.call(Action.POLL, ledger, provider, handle)
+    work = [a for a in _next_actions(ledger, handle) if a != Action.POLL]
+    return progress_of(ledger, handle), bool(work)
+
+
 def advance(
     ledger: Ledger, provider: BatchProvider, handle: RunHandle, stages: Stages = PLAIN_STAGES
 ) -> Progress:

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 def serve(
     inbox: Annotated[Path | None, typer.Option(help="Inbox folder (default DATA_DIR/inbox).")] = None,
     scan_interval: Annotated[float, typer.Option(help="Seconds between inbox scans.")] = 60.0,
-    collect_interval: Annotated[float, typer.Option(help="Seconds between collector passes.")] = 120.0,
+    collect_interval: Annotated[
+        float, typer.Option(help="Backstop seconds between collector passes (waiting runs book their own).")
+    ] = 600.0,
     settle: Annotated[float, typer.Option(help="A dropped file must be unchanged this long.")] = 10.0,
     data_dir: DataDir = DATA_DIR,
 ) -> None:
@@ -146,19 +148,20 @@ def demo(
 
 
 def _run_sample_job(samples: Path, output: Path, scratch: Path) -> dict[str, Any]:
-    from flows.run_job import run_batch_job
+    from flows.run_job import local_wait, run_batch_job
+    from tasks.doors.drive import WaitPolicy
     from tasks.spec.job import build_job
 
     spec = build_job(samples / "reviews.job.yaml")
-    return run_with_progress(
-        lambda: run_batch_job(
-            input_path=str(samples / "reviews.csv"),
-            job=spec,
-            output=str(output),
-            overwrite=True,
-            data_dir=str(scratch),
-            poll_interval_s=0.5,
-            max_poll_interval_s=2.0,
-            max_wait_s=300,
-        )
-    )
+
+    def call() -> dict[str, Any]:
+        with local_wait(WaitPolicy(poll_interval_s=0.5, max_poll_interval_s=2.0, max_wait_s=300)):
+            return run_batch_job(
+                input_path=str(samples / "reviews.csv"),
+                job=spec,
+                output=str(output),
+                overwrite=True,
+                data_dir=str(scratch),
+            )
+
+    return run_with_progress(call)

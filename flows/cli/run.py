@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -107,22 +107,21 @@ def run(
     if dry_run:
         _estimate(input_path, spec, data_dir, encoding)
         return
-    from flows.run_job import run_batch_job
+    from flows.run_job import local_wait, run_batch_job
+    from tasks.doors.drive import WaitPolicy
 
-    run_and_show(
-        lambda: run_batch_job(
-            input_path=str(input_path),
-            job=spec,
-            output=str(output) if output else None,
-            overwrite=overwrite,
-            wait=wait,
-            data_dir=str(data_dir),
-            encoding=encoding,
-            poll_interval_s=poll_interval,
-            max_wait_s=max_wait,
-        ),
-        data_dir,
-    )
+    def call() -> dict[str, Any]:
+        with local_wait(WaitPolicy(wait, poll_interval, max_wait_s=max_wait)):
+            return run_batch_job(
+                input_path=str(input_path),
+                job=spec,
+                output=str(output) if output else None,
+                overwrite=overwrite,
+                data_dir=str(data_dir),
+                encoding=encoding,
+            )
+
+    run_and_show(call, data_dir)
 
 
 def estimate(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tasks import runner
 from tasks.doors import inbox
-from tasks.infra.errors import ProviderError
+from tasks.infra.errors import PassFailedError, ProviderError
 from tasks.infra.ledger import Ledger
 from tasks.infra.logs import LOGGER, Log
 from tasks.infra.table_io import TableSource
@@ -44,6 +44,7 @@ def admit_settled(
             claimed = inbox.claim(table, layout)
             if claimed is None:
                 continue  # another scan took it
+            log.info("claimed %s (job %s) into %s", table.name, claimed.job.name, claimed.path.parent.name)
             kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, log)
             outcome[kind].append(table.name)
         except Exception as exc:  # one bad drop never stops the scan of the others
@@ -51,6 +52,17 @@ def admit_settled(
             inbox.fail(claimed.path if claimed else table, exc, layout)
             outcome["failed"].append(table.name)
     return outcome
+
+
+def raise_if_failed(outcome: dict[str, list[str]]) -> None:
+    """End the scan Failed (alerts fire) when a dropped file could not be processed."""
+    if outcome["failed"]:
+        names = ", ".join(outcome["failed"])
+        raise PassFailedError(
+            f"{len(outcome['failed'])} dropped file(s) could not be processed: {names}; "
+            "each is in failed/ with a note saying why",
+            outcome,
+        )
 
 
 def _admit(
@@ -81,4 +93,6 @@ def _admit(
                 submit(ledger, make_provider(claimed.job.provider, claimed.job.base_url), handle)
             except ProviderError as exc:  # the run is recorded: the collector submits it later
                 log.error("%s is queued; submitting failed for now: %s", claimed.name, exc)
+                return "submitted"
+    log.info("submitted %s as run %s (%s rows, output %s)", claimed.name, key, handle.plan.total_rows, output)
     return "submitted"

@@ -7,19 +7,37 @@ which fail it (anything a person must fix) is decided here, for every door that 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks import runner
 from tasks.doors import inbox
 from tasks.doors.drive import Advance, Finish
-from tasks.infra.errors import GrokBatchError, ProviderError
+from tasks.infra.errors import GrokBatchError, PassFailedError, ProviderError
 from tasks.infra.ledger import Ledger, RunBusyError
 from tasks.infra.logs import LOGGER, Log
 from tasks.lifecycle import RunState
+from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
 
 OnProgress = Callable[[dict[str, Any], runner.Progress], None]
+Watch = Callable[[Ledger, BatchProvider, runner.RunHandle], tuple[runner.Progress, bool]]
+
+
+@dataclass(frozen=True)
+class Homes:
+    """How the pass treats a run whose home is a flow run waiting suspended (a deployed
+    run-job): it only polls for it and wakes the home when there is work; the home
+    collects, joins and shows it all on its own page."""
+
+    state: Callable[[str], str]  # flow_run_id -> WAITING | BUSY | GONE
+    wake: Callable[[str], None]
+    watch: Watch = runner.watch
+
+
+WAITING, BUSY, GONE = "waiting", "busy", "gone"
+NO_HOMES = Homes(state=lambda _flow_run_id: GONE, wake=lambda _flow_run_id: None)
 
 
 def collect_pass(
@@ -29,59 +47,109 @@ def collect_pass(
     advance: Advance = runner.advance,
     finish: Finish = runner.finish,
     on_progress: OnProgress = lambda _run, _progress: None,
+    on_failed: Callable[[dict[str, Any], Exception], None] = lambda _run, _error: None,
+    homes: Homes = NO_HOMES,
     log: Log = LOGGER,
 ) -> dict[str, list[str]]:
     """Advance every open run whose lease is free by one pass; returns the run keys by
-    what happened to them: advanced, finished, failed, busy, unreachable."""
+    what happened to them: advanced, woken (their home has work), finished, failed, busy,
+    unreachable."""
     outcome: dict[str, list[str]] = {
-        kind: [] for kind in ("advanced", "finished", "failed", "busy", "unreachable")
+        kind: [] for kind in ("advanced", "woken", "finished", "failed", "busy", "unreachable")
     }
     for run in ledger.open_runs():
         key = run["run_key"]
         try:
             with ledger.lease(key):
-                _advance_one(ledger, run, layout, outcome, advance, finish, on_progress, log)
+                pass_ = _Pass(ledger, layout, outcome, advance, finish, on_progress, on_failed, homes, log)
+                pass_.advance_one(run)
         except RunBusyError:
             outcome["busy"].append(key)  # another driver (a CLI --wait, a worker) has it
     return outcome
 
 
-def _advance_one(
-    ledger: Ledger,
-    run: dict[str, Any],
-    layout: inbox.InboxLayout,
-    outcome: dict[str, list[str]],
-    advance: Advance,
-    finish: Finish,
-    on_progress: OnProgress,
-    log: Log,
-) -> None:
-    key = run["run_key"]
-    try:
-        handle = runner.handle_for(ledger, key)
-        progress = advance(ledger, make_provider(handle.job.provider, handle.job.base_url), handle)
-        on_progress(run, progress)
-        outcome["advanced"].append(key)
-        if progress.complete:
-            finish(ledger, handle, Path(run["output_path"]), bool(run["overwrite"]))
+@dataclass(frozen=True)
+class _Pass:
+    ledger: Ledger
+    layout: inbox.InboxLayout
+    outcome: dict[str, list[str]]
+    advance: Advance
+    finish: Finish
+    on_progress: OnProgress
+    on_failed: Callable[[dict[str, Any], Exception], None]
+    homes: Homes
+    log: Log
+
+    def advance_one(self, listed: dict[str, Any]) -> None:
+        key, ledger = listed["run_key"], self.ledger
+        run = ledger.run(key)  # as it is now that we hold the lease: another pass may have finished it
+        if run is None or run["state"] != RunState.OPEN:
+            return
+        try:
+            handle = runner.handle_for(ledger, key)
+            provider = make_provider(handle.job.provider, handle.job.base_url)
+            home = run.get("flow_run_id")
+            where = self.homes.state(home) if home else GONE
+            if where == BUSY:  # resuming or running: it is its own driver now
+                self.outcome["busy"].append(key)
+                return
+            if where == WAITING:
+                progress, work = self.homes.watch(ledger, provider, handle)
+                self.on_progress(run, progress)
+                self.log.info(
+                    "run %s (%s, flow run %s): round %s, %s/%s requests finished",
+                    key,
+                    run["job_name"],
+                    home,
+                    progress.round_no,
+                    progress.finished,
+                    progress.requests,
+                )
+                if work:
+                    self.homes.wake(str(home))
+                    self.log.info("run %s: woke its flow run %s to collect and join", key, home)
+                    self.outcome["woken"].append(key)
+                self.outcome["advanced"].append(key)
+                return
+            if home:  # its flow run is gone (crashed, cancelled, deleted): this pass drives it
+                self.log.warning("run %s: its flow run %s is gone; the collector finishes it", key, home)
+                ledger.update_run(key, flow_run_id=None, progress_artifact_id=None)
+            progress = self.advance(ledger, provider, handle)
+            self.on_progress(run, progress)
+            self.log.info(
+                "run %s (%s): round %s, %s/%s requests finished",
+                key,
+                run["job_name"],
+                progress.round_no,
+                progress.finished,
+                progress.requests,
+            )
+            self.outcome["advanced"].append(key)
+            if progress.complete:
+                self.finish(ledger, handle, Path(run["output_path"]), bool(run["overwrite"]))
+                if run["origin"] == "inbox":
+                    inbox.archive(Path(run["input_path"]), self.layout)
+                self.log.info("run %s finished: %s", key, run["output_path"])
+                self.outcome["finished"].append(key)
+        except ProviderError as exc:  # the service or the network: try again next pass
+            self.log.error("run %s stays open, the service call failed: %s", key, exc)
+            self.outcome["unreachable"].append(key)
+        except GrokBatchError as exc:
+            self.log.error("run %s cannot continue: %s", key, exc)
+            ledger.update_run(key, state=RunState.FAILED)
             if run["origin"] == "inbox":
-                inbox.archive(Path(run["input_path"]), layout)
-            outcome["finished"].append(key)
-    except ProviderError as exc:  # the service or the network: try again next pass
-        log.error("run %s stays open, the service call failed: %s", key, exc)
-        outcome["unreachable"].append(key)
-    except GrokBatchError as exc:
-        log.error("run %s cannot continue: %s", key, exc)
-        ledger.update_run(key, state=RunState.FAILED)
-        if run["origin"] == "inbox":
-            inbox.fail(Path(run["input_path"]), exc, layout)
-        outcome["failed"].append(key)
+                inbox.fail(Path(run["input_path"]), exc, self.layout)
+            self.on_failed(run, exc)
+            self.outcome["failed"].append(key)
 
 
 def raise_if_unreachable(outcome: dict[str, list[str]]) -> None:
-    """Fail the pass (so alerts fire) when the service could not be reached; the runs stay open."""
+    """Fail the pass (so alerts fire) when the service could not be reached (the runs stay
+    open) or a run failed (it needs a person)."""
     if outcome["unreachable"]:
         raise ProviderError(
             f"{len(outcome['unreachable'])} run(s) could not reach the batch service; they stay open "
             "and the next pass tries again"
         )
+    if outcome["failed"]:
+        raise PassFailedError(f"run(s) failed: {', '.join(outcome['failed'])}; see the log for why", outcome)

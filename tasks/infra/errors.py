@@ -15,3 +15,12 @@ class InputError(GrokBatchError):
 
 class ProviderError(GrokBatchError):
     """The batch service refused or failed a call in a way retries did not fix."""
+
+
+class PassFailedError(GrokBatchError):
+    """A background pass (inbox scan, collector) did its work but some of it failed: the
+    pass's flow run ends Failed so alerts fire; `outcome` says what happened to each item."""
+
+    def __init__(self, message: str, outcome: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.outcome = outcome

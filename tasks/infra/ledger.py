@@ -38,6 +38,10 @@ runs_table = sa.Table(
     sa.Column("round_no", sa.Integer, nullable=False, default=1),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("holder", sa.String(255)),
+    # The Prefect flow run that is the run's home while it waits suspended (deployed runs),
+    # and the progress artifact on it that background passes update.
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("progress_artifact_id", sa.String(64)),
     sa.Column("lease_until", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
@@ -114,6 +118,7 @@ class Ledger:
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._lease_depth: dict[str, int] = {}
 
     @contextmanager
@@ -341,6 +346,18 @@ def round_and_shard(name: str) -> tuple[int, int]:
     """(round_no, shard_no) back from a `batch_name`."""
     round_part, shard_part = name.rsplit("-", 2)[1:]
     return int(round_part.removeprefix("r")), int(shard_part.removeprefix("s"))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """A ledger written by an older grok-batch lacks the newer nullable columns: add them."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present]
+        with engine.begin() as conn:
+            for column in missing:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def _engine_options(url: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from tasks.infra.errors import JobSpecError
 from tasks.infra.records import OUTPUT_RESULT_COLUMNS
@@ -42,35 +43,52 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(default="job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    model: str = Field(min_length=1)
-    system: str | None = None
+    name: str = Field(
+        default="job",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Shown in Prefect, reports and status",
+    )
+    model: str = Field(min_length=1, description="The model every row is sent to, e.g. grok-4.3")
+    system: str | None = Field(default=None, description="System message sent with every row")
     prompt: str = Field(min_length=1, description="Template with {{ column }} placeholders")
-    params: dict[str, Any] = Field(default_factory=dict)
-    id_column: str | None = None
-    provider: Literal["xai", "openai"] = "xai"
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Request fields, e.g. {temperature: 0, max_tokens: 200}"
+    )
+    id_column: str | None = Field(default=None, description="Column with unique row ids (else row position)")
+    provider: Literal["xai", "openai"] = Field(
+        default="xai", description="xai, or openai for any OpenAI-compatible Batch API"
+    )
     base_url: str | None = Field(
         default=None, description="The provider's API root; default from XAI_BASE_URL / OPENAI_BASE_URL"
     )
-    mode: Literal["batch", "sync", "auto"] = "batch"
+    mode: Literal["batch", "sync", "auto"] = Field(
+        default="batch",
+        description="batch (cheaper, hours), sync (chat completions now), auto (sync for small)",
+    )
     auto_sync_max_rows: int = Field(default=500, ge=0, description="mode auto: sync up to this many rows")
-    sync_concurrency: int = Field(default=8, ge=1, le=256)
-    sync_requests_per_minute: int = Field(default=300, ge=1)
-    sync_tokens_per_minute: int = Field(default=1_000_000, ge=1)
+    sync_concurrency: int = Field(default=8, ge=1, le=256, description="mode sync: requests in flight")
+    sync_requests_per_minute: int = Field(default=300, ge=1, description="mode sync: request rate limit")
+    sync_tokens_per_minute: int = Field(default=1_000_000, ge=1, description="mode sync: token rate limit")
     columns: dict[str, Any] | None = Field(
         default=None,
         description="Structured output, short form: {name: string|integer|number|boolean|[values]}",
     )
     json_schema: dict[str, Any] | None = Field(default=None, description="Structured output as a JSON Schema")
-    retry_invalid_output: bool = False
+    retry_invalid_output: bool = Field(default=False, description="Send answers that miss the schema again")
     max_cost_usd: float | None = Field(default=None, gt=0, description="Refuse to submit above this estimate")
     catalog: str | None = Field(default=None, description="Model catalog YAML (default: the built-in one)")
     cache: bool = Field(default=True, description="Reuse answers to identical requests from earlier runs")
-    output: str | None = None
-    max_attempts: int = Field(default=3, ge=1, le=10)
-    shard_max_lines: int = Field(default=MAX_SHARD_LINES, ge=1, le=MAX_SHARD_LINES)
-    shard_max_bytes: int = Field(default=DEFAULT_SHARD_BYTES, ge=1024, le=200 * 1024 * 1024)
-    result_prefix: str = ""
+    # A job file's output path for the CLI; hidden from Prefect's form, whose own `output`
+    # parameter is the one output setting there.
+    output: SkipJsonSchema[str | None] = None
+    max_attempts: int = Field(default=3, ge=1, le=10, description="Rounds per row, counting the first")
+    shard_max_lines: int = Field(
+        default=MAX_SHARD_LINES, ge=1, le=MAX_SHARD_LINES, description="Requests per batch file"
+    )
+    shard_max_bytes: int = Field(
+        default=DEFAULT_SHARD_BYTES, ge=1024, le=200 * 1024 * 1024, description="Bytes per batch file"
+    )
+    result_prefix: str = Field(default="", description="Prefix for the added columns, e.g. grok_")
 
     @field_validator("prompt")
     @classmethod

@@ -10,6 +10,7 @@ import pytest
 from emulator import RunningEmulator
 from flows.collect import collect_pending
 from flows.scan_inbox import scan_inbox
+from tasks.infra.errors import PassFailedError
 from tests.helpers import EMULATOR_KEY, write_csv
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -100,7 +101,9 @@ def test_bad_drops_move_to_failed_with_an_explanation(
     if job is not None:
         (inbox / "bad.job.yaml").write_text(job)
     os.utime(inbox / "bad.csv", (time.time() - 60, time.time() - 60))
-    assert scan_inbox(data_dir=str(data), settle_s=5)["failed"] == ["bad.csv"]
+    with pytest.raises(PassFailedError, match=r"could not be processed: bad\.csv") as failed:
+        scan_inbox(data_dir=str(data), settle_s=5)  # the flow run ends Failed: alerts fire
+    assert failed.value.outcome["failed"] == ["bad.csv"]
     assert (data / "failed" / "bad.csv").read_bytes() == rows_csv
     assert expected in (data / "failed" / "bad.error.md").read_text()
     assert list(inbox.iterdir()) == [] and emulator.state.request_log == []
@@ -137,7 +140,9 @@ def test_symlinks_default_named_tables_and_broken_templates(
         [{"text": "x"}],
         job='model: grok-4.3\nprompt: "{% if text %}{{ text.__class__ }}{% endif %}"\n',
     )
-    result = scan_inbox(data_dir=str(data), settle_s=0)
+    with pytest.raises(PassFailedError) as failed:
+        scan_inbox(data_dir=str(data), settle_s=0)
+    result = failed.value.outcome
     assert sorted(result["failed"]) == ["evil.csv", "link.csv"] and result["submitted"] == ["default.csv"]
     assert "symbolic link" in (data / "failed" / "link.error.md").read_text()
     assert "unsafe" in (data / "failed" / "evil.error.md").read_text()

@@ -9,7 +9,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.client.schemas.sorting import FlowRunSort
 
 from emulator import RunningEmulator
-from flows.run_job import resume_batch_job, run_batch_job
+from flows.run_job import local_wait, resume_batch_job, run_batch_job
+from tasks.doors.drive import WaitPolicy
 from tasks.spec.job import build_job
 from tests.helpers import assert_answers_on_their_rows, write_csv
 
@@ -36,9 +37,8 @@ def test_flow_runs_a_table_and_publishes_artifacts(
     src = write_csv(tmp_path / "reviews.csv", [{"text": f"great thing {i}"} for i in range(30)])
     out = tmp_path / "out.parquet"
     job = build_job(None, {"name": "flowtest", "model": "grok-4.3", "prompt": "{{ text }}"})
-    result = run_batch_job(
-        input_path=str(src), job=job, output=str(out), data_dir=str(data_dir), poll_interval_s=0.1
-    )
+    with local_wait(WaitPolicy(poll_interval_s=0.1)):
+        result = run_batch_job(input_path=str(src), job=job, output=str(out), data_dir=str(data_dir))
     assert result["state"] == "finished"
     summary = result["summary"]
     assert summary["by_status"]["succeeded"] == 30
@@ -59,7 +59,8 @@ def test_no_wait_submits_and_resume_finishes(
     src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(10)])
     out = tmp_path / "out.parquet"
     job = build_job(None, {"model": "grok-4.3", "prompt": "{{ text }}"})
-    first = run_batch_job(input_path=str(src), job=job, output=str(out), data_dir=str(data_dir), wait=False)
+    with local_wait(WaitPolicy(wait=False)):
+        first = run_batch_job(input_path=str(src), job=job, output=str(out), data_dir=str(data_dir))
     assert first["state"] == "pending" and not out.exists()
     assert emulator.state.count("POST", "/v1/batches", 200) == 1
     second = resume_batch_job(run_key=first["run_key"][:6], data_dir=str(data_dir), poll_interval_s=0.1)
