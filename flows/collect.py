@@ -22,19 +22,20 @@ from flows.wakeups import PREFECT_HOMES, book_collector, deployed, next_delay_s,
 from tasks.doors import inbox
 from tasks.doors.collector import collect_pass, raise_if_unreachable
 from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.run_layout import data_root as data_root_of
 
 
 @flow(name="collect-pending", log_prints=True)
-def collect_pending(data_dir: str = "data", inbox_dir: str | None = None) -> dict[str, Any]:
+def collect_pending(data_dir: str | None = None, inbox_dir: str | None = None) -> dict[str, Any]:
     """Advance every open run once: poll for waiting flow runs and resume those with work;
     finish runs whose every row has its outcome.
 
     Args:
-        data_dir: Where runs and the ledger live (the same as the run-job deployment's).
+        data_dir: Where runs and the ledger live (default $GROK_BATCH_DATA_DIR, else data).
         inbox_dir: The inbox folder, when it is not DATA_DIR/inbox.
     """
     logger = get_run_logger()
-    data_root = Path(data_dir)
+    data_root = data_root_of(data_dir)
     layout = inbox.InboxLayout.under(data_root, Path(inbox_dir) if inbox_dir else None)
     ledger = Ledger(default_ledger_url(data_root))
     try:
@@ -62,13 +63,16 @@ def collect_pending(data_dir: str = "data", inbox_dir: str | None = None) -> dic
 def pass_name(outcome: dict[str, list[str]]) -> str:
     """`collect · 3 runs advanced · 1 finished`, or `collect · idle`."""
     parts = [
-        f"{len(outcome[kind])} {label}"
+        f"{len(outcome[kind])} run{'s' if len(outcome[kind]) != 1 else ''} {label}"
+        if kind == "advanced"
+        else f"{len(outcome[kind])} {label}"
         for kind, label in (
-            ("advanced", "runs advanced"),
+            ("advanced", "advanced"),
             ("woken", "woken"),
             ("finished", "finished"),
             ("failed", "failed"),
             ("unreachable", "unreachable"),
+            ("busy", "busy elsewhere"),
         )
         if outcome[kind]
     ]

@@ -28,6 +28,7 @@ from tasks import runner
 from tasks.doors.control import find_run
 from tasks.doors.drive import WaitPolicy, drive
 from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.run_layout import data_root as data_root_of
 from tasks.infra.table_io import TableSource
 from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
@@ -84,7 +85,7 @@ def run_batch_job(
     job: FormJob,
     output: str | None = None,
     overwrite: bool = False,
-    data_dir: str = "data",
+    data_dir: str | None = None,
     encoding: str = "utf-8",
 ) -> dict[str, Any]:
     """Run every row of a table through the job's model; write the table back as Parquet
@@ -99,11 +100,11 @@ def run_batch_job(
         job: The question for every row: model, prompt template, parameters.
         output: Where the output .parquet goes (default DATA_DIR/outbox/INPUT.parquet).
         overwrite: Replace the output if it exists (else an existing output stops the run).
-        data_dir: Where runs (request shards, results) and the ledger live.
+        data_dir: Where runs and the ledger live (default $GROK_BATCH_DATA_DIR, else data).
         encoding: Text encoding of a CSV input.
     """
     logger = get_run_logger()
-    data_root = Path(data_dir)
+    data_root = data_root_of(data_dir)
     source = TableSource(Path(input_path), encoding=encoding)
     output_path = Path(output or job.output or default_output(source.path, data_root))
     runs_root = data_root / "runs"
@@ -111,7 +112,8 @@ def run_batch_job(
     key: str | None = None
     try:
         key = runner.register_run(source, job, runs_root, ledger, output_path, overwrite)
-        with ledger.lease(key):
+        # A resumed run may start while the pass that woke it is finishing with the run.
+        with ledger.lease(key, wait_s=30.0 if deployed() else 0.0):
             handle = prepare_task(ledger, key, source, job, runs_root)
             provider = make_provider(job.provider, job.base_url)
             logger.info(
@@ -174,13 +176,13 @@ def resume_batch_job(
     output: str | None = None,
     overwrite: bool = False,
     wait: bool = True,
-    data_dir: str = "data",
+    data_dir: str | None = None,
     poll_interval_s: float = 2.0,
     max_poll_interval_s: float = 60.0,
     max_wait_s: float = 26 * 3600.0,
 ) -> dict[str, Any]:
     """Continue a run recorded in the ledger (after a crash, --no-wait, or a wait limit)."""
-    ledger = Ledger(default_ledger_url(Path(data_dir)))
+    ledger = Ledger(default_ledger_url(data_root_of(data_dir)))
     try:
         run = find_run(ledger, run_key)
         handle = runner.handle_for(ledger, run["run_key"])

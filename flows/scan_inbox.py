@@ -18,21 +18,22 @@ from flows.wakeups import book_collector, deployed, rename_current_run
 from tasks.doors import inbox
 from tasks.doors.admission import admit_settled, raise_if_failed
 from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.run_layout import data_root as data_root_of
 
 
 @flow(name="scan-inbox", log_prints=True)
 def scan_inbox(
-    data_dir: str = "data", inbox_dir: str | None = None, settle_s: float = 10.0
+    data_dir: str | None = None, inbox_dir: str | None = None, settle_s: float = 10.0
 ) -> dict[str, Any]:
     """Claim every dropped table that has stopped growing and submit its batches.
 
     Args:
-        data_dir: Where runs, the ledger and the inbox folders live.
+        data_dir: Where runs, the ledger and the inbox folders live (default $GROK_BATCH_DATA_DIR, else data).
         inbox_dir: The inbox folder, when it is not DATA_DIR/inbox.
         settle_s: A dropped file is taken once it has not changed for this many seconds.
     """
     logger = get_run_logger()
-    data_root = Path(data_dir)
+    data_root = data_root_of(data_dir)
     layout = inbox.InboxLayout.under(data_root, Path(inbox_dir) if inbox_dir else None)
     ledger = Ledger(default_ledger_url(data_root))
     try:

@@ -22,6 +22,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled
 
 from tasks.doors.collector import BUSY, GONE, WAITING, Homes
 from tasks.infra.logs import LOGGER, Log
@@ -31,6 +32,7 @@ COLLECTOR_DEPLOYMENT = "collect-pending/collect-pending"
 # five minutes: a wait of age A is looked at again after A/4, within these bounds.
 MIN_DELAY_ENV = "GROK_BATCH_COLLECT_MIN_DELAY_S"
 MAX_DELAY_S = 300.0
+STUCK_ENV = "GROK_BATCH_STUCK_HOME_S"  # a resumed home nobody starts within this is taken over
 
 
 def deployed() -> bool:
@@ -90,6 +92,18 @@ def home_state(flow_run_id: str) -> str:
         return GONE
     if state.type == StateType.PAUSED:
         return WAITING
+    waited_s = time.time() - state.timestamp.timestamp() if state.timestamp else 0.0
+    if state.type == StateType.SCHEDULED and waited_s > float(os.environ.get(STUCK_ENV, "120")):
+        # Resumed, but nothing picks it up (the `serve` that ran its deployment is gone, or
+        # no worker has room): cancel it, so it never runs later, and let the collector
+        # finish the job.
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                UUID(flow_run_id),
+                Cancelled(message="nothing picked this run up; collect-pending finished the job"),
+                force=True,
+            )
+        return GONE
     if state.type in (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING):
         return BUSY
     return GONE

@@ -57,14 +57,18 @@ def collect_pass(
     outcome: dict[str, list[str]] = {
         kind: [] for kind in ("advanced", "woken", "finished", "failed", "busy", "unreachable")
     }
+    pass_ = _Pass(ledger, layout, outcome, advance, finish, on_progress, on_failed, homes, log)
     for run in ledger.open_runs():
         key = run["run_key"]
         try:
             with ledger.lease(key):
-                pass_ = _Pass(ledger, layout, outcome, advance, finish, on_progress, on_failed, homes, log)
-                pass_.advance_one(run)
+                home_to_wake = pass_.advance_one(run)
         except RunBusyError:
             outcome["busy"].append(key)  # another driver (a CLI --wait, a worker) has it
+            continue
+        if home_to_wake:  # after the lease is released: the woken run takes it at once
+            homes.wake(home_to_wake)
+            log.info("run %s: woke its flow run %s to collect and join", key, home_to_wake)
     return outcome
 
 
@@ -80,11 +84,12 @@ class _Pass:
     homes: Homes
     log: Log
 
-    def advance_one(self, listed: dict[str, Any]) -> None:
+    def advance_one(self, listed: dict[str, Any]) -> str | None:
+        """Advance one run (its lease held); returns the flow run to wake, if any."""
         key, ledger = listed["run_key"], self.ledger
         run = ledger.run(key)  # as it is now that we hold the lease: another pass may have finished it
         if run is None or run["state"] != RunState.OPEN:
-            return
+            return None
         try:
             handle = runner.handle_for(ledger, key)
             provider = make_provider(handle.job.provider, handle.job.base_url)
@@ -92,7 +97,7 @@ class _Pass:
             where = self.homes.state(home) if home else GONE
             if where == BUSY:  # resuming or running: it is its own driver now
                 self.outcome["busy"].append(key)
-                return
+                return None
             if where == WAITING:
                 progress, work = self.homes.watch(ledger, provider, handle)
                 self.on_progress(run, progress)
@@ -105,12 +110,11 @@ class _Pass:
                     progress.finished,
                     progress.requests,
                 )
-                if work:
-                    self.homes.wake(str(home))
-                    self.log.info("run %s: woke its flow run %s to collect and join", key, home)
-                    self.outcome["woken"].append(key)
                 self.outcome["advanced"].append(key)
-                return
+                if work:
+                    self.outcome["woken"].append(key)
+                    return str(home)
+                return None
             if home:  # its flow run is gone (crashed, cancelled, deleted): this pass drives it
                 self.log.warning("run %s: its flow run %s is gone; the collector finishes it", key, home)
                 ledger.update_run(key, flow_run_id=None, progress_artifact_id=None)
@@ -141,6 +145,7 @@ class _Pass:
                 inbox.fail(Path(run["input_path"]), exc, self.layout)
             self.on_failed(run, exc)
             self.outcome["failed"].append(key)
+        return None
 
 
 def raise_if_unreachable(outcome: dict[str, list[str]]) -> None:

@@ -215,12 +215,21 @@ class Ledger:
             )
 
     @contextmanager
-    def lease(self, run_key: str) -> Iterator[None]:
+    def lease(self, run_key: str, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the run's lease for the block: claimed on entry (RunBusyError when another
-        driver has it), renewed by `renew`, released on exit. Re-entrant within a process,
-        so a stage called inside a driver's block shares the driver's lease."""
+        driver still has it after `wait_s`), renewed by `renew`, released on exit.
+        Re-entrant within a process, so a stage called inside a driver's block shares the
+        driver's lease."""
         depth = self._lease_depth.get(run_key, 0)
-        self.claim(run_key, this_holder(), LEASE_S)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.claim(run_key, this_holder(), LEASE_S)
+                break
+            except RunBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
         self._lease_depth[run_key] = depth + 1
         try:
             yield

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+DATA_DIR_ENV = "GROK_BATCH_DATA_DIR"
+
+
+def data_root(data_dir: str | None = None) -> Path:
+    """Where runs and the ledger live: the given folder, else $GROK_BATCH_DATA_DIR, else ./data
+    (so every worker of a team can be pointed at the shared one)."""
+    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "data")
 
 
 def run_key(input_sha256: str, job_fingerprint: str, encoding: str = "utf-8") -> str:
