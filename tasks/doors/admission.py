@@ -48,6 +48,8 @@ def admit_settled(
             kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, log)
             outcome[kind].append(table.name)
         except Exception as exc:  # one bad drop never stops the scan of the others
+            if claimed is None and not (table.exists() or table.is_symlink()):
+                continue  # a scan running beside this one claimed it while we looked at it
             log.error("%s cannot be processed: %s", table.name, exc)
             inbox.fail(claimed.path if claimed else table, exc, layout)
             outcome["failed"].append(table.name)

@@ -120,7 +120,10 @@ def claim(table: Path, layout: InboxLayout) -> Claimed | None:
     if table.is_symlink():
         raise InputError(f"{table.name} is a symbolic link; drop the file itself (a link may point anywhere)")
     own_job, job = job_for(table, layout)
-    sha = file_sha256(table)
+    try:
+        sha = file_sha256(table)
+    except FileNotFoundError:
+        return None  # a scan running beside this one claimed it first
     target = layout.processing / f"{table.stem}--{sha[:12]}{table.suffix}"
     try:
         os.rename(table, target)  # atomic within one file system: exactly one scanner wins

@@ -1,4 +1,5 @@
-"""A real `prefect server start` on loopback, shared by the end-to-end tests."""
+"""A real `prefect server start` on loopback for each end-to-end test that needs one: runs,
+schedules and deployments of one test never reach another."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from tests.helpers import free_port, stop
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()

@@ -34,7 +34,9 @@ ROWS = 30
 MAX_FLOW_RUNS = 12
 
 
-def _env(prefect_server: dict[str, str], emulator: RunningEmulator, data: Path) -> dict[str, str]:
+def _env(
+    prefect_server: dict[str, str], emulator: RunningEmulator, data: Path, stuck_s: float = 60
+) -> dict[str, str]:
     return {
         **os.environ,
         **prefect_server,
@@ -44,7 +46,7 @@ def _env(prefect_server: dict[str, str], emulator: RunningEmulator, data: Path) 
         "GROK_BATCH_COLLECT_MIN_DELAY_S": "2",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "GROK_BATCH_STUCK_HOME_S": "10",
+        "GROK_BATCH_STUCK_HOME_S": str(stuck_s),  # a resumed home nobody starts is taken over
     }
 
 
@@ -221,7 +223,7 @@ def test_a_worker_finishes_the_job_after_serve_was_killed_mid_run(
     data = tmp_path / "data"
     src = write_csv(tmp_path / "reviews.csv", [{"text": f"fine thing {i}"} for i in range(ROWS)])
     out = tmp_path / "reviews.parquet"
-    env = _env(prefect_server, emulator, data)
+    env = _env(prefect_server, emulator, data, stuck_s=10)
     serve_log = tmp_path / "serve.log"
     served = subprocess.Popen(
         _serve(env, serve_log), env=env, cwd=ROOT, stdout=serve_log.open("wb"), stderr=subprocess.STDOUT
@@ -303,6 +305,7 @@ def test_a_bad_drop_fails_its_scan_and_a_finished_run_triggers_a_deployment(
     with _process(serve, env, log):
         _wait_for("deployments", lambda: _deployment_exists(api_url, "scan-inbox/scan-inbox"), 60, log)
         _create_automation(api_url, "scan-inbox/scan-inbox", marker)
+        time.sleep(5)  # the server's trigger service picks new automations up on its next refresh
         since = time.time()
         inbox = data / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
@@ -321,4 +324,4 @@ def test_a_bad_drop_fails_its_scan_and_a_finished_run_triggers_a_deployment(
         def chained() -> list[Any]:
             return [r for r in _flow_runs_since(api_url, since) if r.parameters.get("settle_s") == marker]
 
-        assert _wait_for("the automation's run", chained, 60, log)
+        assert _wait_for("the automation's run", chained, 90, log)
