@@ -26,7 +26,7 @@ class ProgressArtifact:
     def __init__(self, run_key: str, artifact_id: str | None = None) -> None:
         """A new artifact, or the one this flow run made before it was suspended."""
         self.artifact_id: Any = artifact_id or create_progress_artifact(
-            progress=0.0, description=f"grok-batch run {run_key}"
+            progress=0.0, key=f"grok-batch-progress-{run_key}", description=f"grok-batch run {run_key}"
         )
 
     def __call__(self, progress: runner.Progress) -> None:

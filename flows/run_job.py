@@ -25,11 +25,15 @@ from flows.events import emit_run_event
 from flows.stages import advance_with_tasks, finish_and_publish, prepare_task
 from flows.wakeups import book_collector, current_flow_run_id, deployed, next_delay_s
 from tasks import runner
+from tasks.doors import inbox
+from tasks.doors.admission import settle_dropped_file
 from tasks.doors.control import find_run
 from tasks.doors.drive import WaitPolicy, drive
+from tasks.infra.errors import GrokBatchError, ProviderError
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.run_layout import data_root as data_root_of
 from tasks.infra.table_io import TableSource
+from tasks.lifecycle import RunState
 from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
 from tasks.spec.job import JobSpec
@@ -133,12 +137,22 @@ def run_batch_job(
         run = ledger.run(key) if key else None
         if run is not None:  # refused before the ledger knew it: nothing to chain on
             emit_run_event("failed", run, {"error": str(exc)[:500]})
+            if deployed() and isinstance(exc, GrokBatchError) and not isinstance(exc, ProviderError):
+                # The same verdict as the collector's: a person must look; the service errors
+                # keep the run open for the next try.
+                if run["state"] in (RunState.OPEN, RunState.COMPLETE):
+                    ledger.update_run(run["run_key"], state=RunState.FAILED)
+                settle_dropped_file(run, inbox.InboxLayout.under(data_root), exc)
         raise
     finally:
         ledger.close()
     if result["state"] == "waiting":
         suspend_flow_run(key=f"wait-{time.time_ns()}")  # the process exits; resumed from the top
     return result
+
+
+def _layout_of(handle: runner.RunHandle) -> inbox.InboxLayout:
+    return inbox.InboxLayout.under(handle.run_dir.parent.parent)  # DATA_DIR/runs/<run>
 
 
 def _advance_or_wait(
@@ -154,6 +168,7 @@ def _advance_or_wait(
     if progress.complete:
         summary = finish_and_publish(ledger, handle, output_path, overwrite)
         ledger.update_run(handle.run_key, flow_run_id=None, progress_artifact_id=None)
+        settle_dropped_file(run, _layout_of(handle))
         return {"run_key": handle.run_key, "state": "finished", "summary": summary.as_dict()}
     if not mine:
         emit_run_event("submitted", run, {"rows": handle.plan.total_rows, "mode": handle.plan.mode})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tasks import runner
 from tasks.doors import inbox
@@ -21,6 +22,9 @@ from tasks.providers.registry import make_provider
 from tasks.spec.job import JobSpec
 from tasks.stages.prepare import identify
 
+# Starts the run-job flow run that is a dropped file's home (returns its id), or None where
+# there is none (no deployment, no Prefect server): then admission submits the batches itself.
+StartHome = Callable[[inbox.Claimed, Path], str | None]
 Prepare = Callable[[Ledger, str, TableSource, JobSpec, Path, str | None], runner.RunHandle]
 
 
@@ -32,6 +36,7 @@ def admit_settled(
     *,
     prepare: Prepare = runner.prepare,
     submit: runner.StageCall = runner.PLAIN_STAGES.submit,
+    start_home: StartHome = lambda _claimed, _output: None,
     log: Log = LOGGER,
 ) -> dict[str, list[str]]:
     """Claim every dropped table that has stopped growing and start its run; returns the
@@ -45,7 +50,7 @@ def admit_settled(
             if claimed is None:
                 continue  # another scan took it
             log.info("claimed %s (job %s) into %s", table.name, claimed.job.name, claimed.path.parent.name)
-            kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, log)
+            kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, start_home, log)
             outcome[kind].append(table.name)
         except Exception as exc:  # one bad drop never stops the scan of the others
             if claimed is None and not (table.exists() or table.is_symlink()):
@@ -54,6 +59,18 @@ def admit_settled(
             inbox.fail(claimed.path if claimed else table, exc, layout)
             outcome["failed"].append(table.name)
     return outcome
+
+
+def settle_dropped_file(
+    run: dict[str, Any], layout: inbox.InboxLayout, error: Exception | None = None
+) -> None:
+    """A run from the inbox ended: its input moves to archive/, or to failed/ with the reason."""
+    if run.get("origin") != "inbox":
+        return
+    if error is None:
+        inbox.archive(Path(run["input_path"]), layout)
+    else:
+        inbox.fail(Path(run["input_path"]), error, layout)
 
 
 def raise_if_failed(outcome: dict[str, list[str]]) -> None:
@@ -74,6 +91,7 @@ def _admit(
     runs_root: Path,
     prepare: Prepare,
     submit: runner.StageCall,
+    start_home: StartHome,
     log: Log,
 ) -> str:
     source = TableSource(claimed.path)
@@ -90,6 +108,13 @@ def _admit(
     )
     with ledger.lease(key):
         handle = prepare(ledger, key, source, claimed.job, runs_root, claimed.sha256)
+    home = start_home(claimed, output)  # checked and prepared: its own flow run takes it from here
+    if home is not None:
+        log.info(
+            "submitted %s as run %s (%s rows): flow run %s", claimed.name, key, handle.plan.total_rows, home
+        )
+        return "submitted"
+    with ledger.lease(key):
         if handle.plan.mode == "batch":  # sync runs are answered by the collector
             try:
                 submit(ledger, make_provider(claimed.job.provider, claimed.job.base_url), handle)

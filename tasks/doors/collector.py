@@ -13,6 +13,7 @@ from typing import Any
 
 from tasks import runner
 from tasks.doors import inbox
+from tasks.doors.admission import settle_dropped_file
 from tasks.doors.drive import Advance, Finish
 from tasks.infra.errors import GrokBatchError, PassFailedError, ProviderError
 from tasks.infra.ledger import Ledger, RunBusyError
@@ -131,8 +132,7 @@ class _Pass:
             self.outcome["advanced"].append(key)
             if progress.complete:
                 self.finish(ledger, handle, Path(run["output_path"]), bool(run["overwrite"]))
-                if run["origin"] == "inbox":
-                    inbox.archive(Path(run["input_path"]), self.layout)
+                settle_dropped_file(run, self.layout)
                 self.log.info("run %s finished: %s", key, run["output_path"])
                 self.outcome["finished"].append(key)
         except ProviderError as exc:  # the service or the network: try again next pass
@@ -141,8 +141,7 @@ class _Pass:
         except GrokBatchError as exc:
             self.log.error("run %s cannot continue: %s", key, exc)
             ledger.update_run(key, state=RunState.FAILED)
-            if run["origin"] == "inbox":
-                inbox.fail(Path(run["input_path"]), exc, self.layout)
+            settle_dropped_file(run, self.layout, exc)
             self.on_failed(run, exc)
             self.outcome["failed"].append(key)
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,18 +201,24 @@ class Ledger:
 
     def update_run(self, run_key: str, **values: Any) -> None:
         """Change a run's fields; a new `state` must be one the lifecycle allows."""
+        self._update(runs_table.c.run_key, run_key, runs_table.c.state, check_run_state, values)
+
+    def _update(
+        self,
+        key_column: sa.Column[Any],
+        key: str,
+        checked: sa.Column[Any],
+        check: Callable[[str, str, str], None],
+        values: dict[str, Any],
+    ) -> None:
+        """Update one row in a transaction, refusing a change of `checked` that `check` refuses."""
+        table = key_column.table
         with self.tx() as conn:
-            if "state" in values:
-                current = conn.execute(
-                    sa.select(runs_table.c.state).where(runs_table.c.run_key == run_key)
-                ).scalar()
+            if checked.name in values:
+                current = conn.execute(sa.select(checked).where(key_column == key)).scalar()
                 if current is not None:
-                    check_run_state(run_key, current, values["state"])
-            conn.execute(
-                runs_table.update()
-                .where(runs_table.c.run_key == run_key)
-                .values(updated_at=time.time(), **values)
-            )
+                    check(key, current, values[checked.name])
+            conn.execute(table.update().where(key_column == key).values(updated_at=time.time(), **values))
 
     @contextmanager
     def lease(self, run_key: str, wait_s: float = 0.0) -> Iterator[None]:
@@ -332,18 +338,7 @@ class Ledger:
 
     def update_batch(self, name: str, **values: Any) -> None:
         """Change a batch's fields; a new `step` must be one the lifecycle allows."""
-        with self.tx() as conn:
-            if "step" in values:
-                current = conn.execute(
-                    sa.select(batches_table.c.step).where(batches_table.c.batch_name == name)
-                ).scalar()
-                if current is not None:
-                    check_step(name, current, values["step"])
-            conn.execute(
-                batches_table.update()
-                .where(batches_table.c.batch_name == name)
-                .values(updated_at=time.time(), **values)
-            )
+        self._update(batches_table.c.batch_name, name, batches_table.c.step, check_step, values)
 
 
 def batch_name(run_key: str, round_no: int, shard_no: int) -> str:

@@ -320,6 +320,18 @@ def test_a_bad_drop_fails_its_scan_and_a_finished_run_triggers_a_deployment(
         failed = _wait_for("a Failed scan", lambda: scans("Failed"), 60, log)
         assert "bad.csv" in (failed[0].state.message or "") and (data / "failed" / "bad.error.md").exists()
         _wait_for("the output", (data / "outbox" / "good.parquet").exists, 90, log)
+        # The dropped file's home is a run-job flow run of its own, like a job started in the UI.
+        homes = _wait_for(
+            "the dropped file's run-job to complete",
+            lambda: [
+                r
+                for r in _flow_runs_since(api_url, since)
+                if r.name.startswith("chained · good--") and r.state_name == "Completed"
+            ],
+            30,
+            log,
+        )
+        assert len(homes) == 1 and list((data / "archive").glob("good--*.csv"))
 
         def chained() -> list[Any]:
             return [r for r in _flow_runs_since(api_url, since) if r.parameters.get("settle_s") == marker]
