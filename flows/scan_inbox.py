@@ -11,42 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.exceptions import ObjectNotFound
 
 from flows.logs import TeeLog
 from flows.stages import prepare_task, submit_task
 from flows.wakeups import book_collector, deployed, rename_current_run
 from tasks.doors import inbox
-from tasks.doors.admission import StartHome, admit_settled, raise_if_failed
+from tasks.doors.admission import admit_settled, raise_if_failed
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.run_layout import data_root as data_root_of
-
-RUN_JOB_DEPLOYMENT = "run-batch-job/run-job"
-
-
-def _start_home_in(data_root: Path) -> StartHome:
-    """A dropped file's home: a run of the run-job deployment, like a job started in the UI."""
-
-    def start(claimed: inbox.Claimed, output: Path) -> str | None:
-        from prefect.deployments import run_deployment
-
-        try:
-            started: Any = run_deployment(  # sync from sync code (typed sync-or-async)
-                RUN_JOB_DEPLOYMENT,
-                parameters={
-                    "input_path": str(claimed.path),
-                    "job": claimed.job.model_dump(mode="json", exclude={"output"}),
-                    "output": str(output),
-                    "data_dir": str(data_root),
-                },
-                timeout=0,
-                as_subflow=False,
-            )
-        except ObjectNotFound:
-            return None  # no run-job deployment here: the scan submits and the collector finishes
-        return str(started.id)
-
-    return start
 
 
 @flow(name="scan-inbox", log_prints=True)
@@ -72,7 +44,6 @@ def scan_inbox(
             settle_s,
             prepare=prepare_task,
             submit=submit_task,
-            start_home=_start_home_in(data_root) if deployed() else lambda _claimed, _output: None,
             log=TeeLog(),
         )
     finally:
