@@ -22,9 +22,6 @@ from tasks.providers.registry import make_provider
 from tasks.spec.job import JobSpec
 from tasks.stages.prepare import identify
 
-# Starts the run-job flow run that is a dropped file's home (returns its id), or None where
-# there is none (no deployment, no Prefect server): then admission submits the batches itself.
-StartHome = Callable[[inbox.Claimed, Path], str | None]
 Prepare = Callable[[Ledger, str, TableSource, JobSpec, Path, str | None], runner.RunHandle]
 
 
@@ -36,7 +33,6 @@ def admit_settled(
     *,
     prepare: Prepare = runner.prepare,
     submit: runner.StageCall = runner.PLAIN_STAGES.submit,
-    start_home: StartHome = lambda _claimed, _output: None,
     log: Log = LOGGER,
 ) -> dict[str, list[str]]:
     """Claim every dropped table that has stopped growing and start its run; returns the
@@ -50,7 +46,7 @@ def admit_settled(
             if claimed is None:
                 continue  # another scan took it
             log.info("claimed %s (job %s) into %s", table.name, claimed.job.name, claimed.path.parent.name)
-            kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, start_home, log)
+            kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, log)
             outcome[kind].append(table.name)
         except Exception as exc:  # one bad drop never stops the scan of the others
             if claimed is None and not (table.exists() or table.is_symlink()):
@@ -91,7 +87,6 @@ def _admit(
     runs_root: Path,
     prepare: Prepare,
     submit: runner.StageCall,
-    start_home: StartHome,
     log: Log,
 ) -> str:
     source = TableSource(claimed.path)
@@ -108,13 +103,6 @@ def _admit(
     )
     with ledger.lease(key):
         handle = prepare(ledger, key, source, claimed.job, runs_root, claimed.sha256)
-    home = start_home(claimed, output)  # checked and prepared: its own flow run takes it from here
-    if home is not None:
-        log.info(
-            "submitted %s as run %s (%s rows): flow run %s", claimed.name, key, handle.plan.total_rows, home
-        )
-        return "submitted"
-    with ledger.lease(key):
         if handle.plan.mode == "batch":  # sync runs are answered by the collector
             try:
                 submit(ledger, make_provider(claimed.job.provider, claimed.job.base_url), handle)
