@@ -212,6 +212,7 @@ def pipeline_emulator(source: Path, scratch: Path) -> dict[str, Any]:
     from tasks import runner
     from tasks.infra.ledger import Ledger, default_ledger_url
     from tasks.providers.xai import XaiProvider
+    from tasks.start import start_run
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -232,14 +233,12 @@ def pipeline_emulator(source: Path, scratch: Path) -> dict[str, Any]:
             except Exception:
                 time.sleep(0.1)
         ledger = Ledger(default_ledger_url(scratch))
-        start = time.perf_counter()
-        handle = runner.start_run(
-            TableSource(source), _job(), scratch / "runs", ledger, scratch / "out.parquet"
-        )
+        started = time.perf_counter()
+        handle = start_run(TableSource(source), _job(), scratch / "runs", ledger, scratch / "out.parquet")
         while not runner.advance(ledger, provider, handle).complete:
             time.sleep(0.05)
         summary = runner.finish(ledger, handle, scratch / "out.parquet", overwrite=True)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - started
         assert summary.by_status["succeeded"] == handle.plan.total_rows, summary.by_status
         return {"rows": handle.plan.total_rows, "seconds": seconds}
     finally:

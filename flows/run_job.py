@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,13 +25,13 @@ from flows.artifacts import ProgressArtifact, progress_text
 from flows.events import emit_run_event
 from flows.stages import advance_with_tasks, finish_and_publish, prepare_task
 from flows.wakeups import book_collector, current_flow_run_id, deployed, next_delay_s
-from tasks import runner
+from tasks import runner, start
 from tasks.doors import inbox
 from tasks.doors.admission import settle_dropped_file
 from tasks.doors.control import find_run
 from tasks.doors.drive import WaitPolicy, drive
 from tasks.infra.errors import GrokBatchError, ProviderError
-from tasks.infra.ledger import Ledger, default_ledger_url
+from tasks.infra.ledger import Attempt, Ledger, default_ledger_url
 from tasks.infra.run_layout import data_root as data_root_of
 from tasks.infra.table_io import TableSource
 from tasks.lifecycle import RunState
@@ -112,14 +113,17 @@ def run_batch_job(
     source = TableSource(Path(input_path), encoding=encoding)
     output_path = Path(output or job.output or default_output(source.path, data_root))
     runs_root = data_root / "runs"
+    # Every check before the ledger and the service: a refused command changes nothing.
+    checked = start.check(source, job, output_path, overwrite)
+    provider = make_provider(checked.job.provider, checked.job.base_url)  # no API key: stops here
     ledger = Ledger(default_ledger_url(data_root))
-    key: str | None = None
+    took_over = False
     try:
-        key = runner.register_run(source, job, runs_root, ledger, output_path, overwrite)
+        handle = prepare_task(ledger, checked, runs_root)
+        attempt = _attempt(handle, output_path, overwrite, data_root)
         # A resumed run may start while the pass that woke it is finishing with the run.
-        with ledger.lease(key, wait_s=30.0 if deployed() else 0.0):
-            handle = prepare_task(ledger, key, source, job, runs_root)
-            provider = make_provider(job.provider, job.base_url)
+        with start.taken(ledger, handle, attempt, wait_s=30.0 if deployed() else 0.0):
+            took_over = True
             logger.info(
                 "run %s: %s rows, %s shard(s), mode %s%s",
                 handle.run_key,
@@ -134,21 +138,32 @@ def run_batch_job(
                 policy = _LOCAL_WAIT.get() or WaitPolicy()
                 result = _drive(ledger, provider, handle, output_path, overwrite, policy)
     except Exception as exc:
-        run = ledger.run(key) if key else None
-        if run is not None:  # refused before the ledger knew it: nothing to chain on
+        run = ledger.run(checked.run_key) if took_over else None
+        if run is not None:  # refused before it took the run over: nothing changed, nothing to chain on
             emit_run_event("failed", run, {"error": str(exc)[:500]})
             if deployed() and isinstance(exc, GrokBatchError) and not isinstance(exc, ProviderError):
                 # The same verdict as the collector's: a person must look; the service errors
                 # keep the run open for the next try.
                 if run["state"] in (RunState.OPEN, RunState.COMPLETE):
                     ledger.update_run(run["run_key"], state=RunState.FAILED)
-                settle_dropped_file(run, inbox.InboxLayout.under(data_root), exc)
+                settle_dropped_file(ledger, run, inbox.InboxLayout.under(data_root), exc)
         raise
     finally:
         ledger.close()
     if result["state"] == "waiting":
         suspend_flow_run(key=f"wait-{time.time_ns()}")  # the process exits; resumed from the top
     return result
+
+
+def _attempt(handle: runner.RunHandle, output_path: Path, overwrite: bool, data_root: Path) -> Attempt:
+    """This flow run's request: a file in the inbox's processing folder came through the inbox;
+    a deployed run is asked for by its flow run (every resume is the same request)."""
+    processing = inbox.InboxLayout.under(data_root).processing.resolve()
+    origin = "inbox" if Path(handle.input).parent == processing else "deployment" if deployed() else "cli"
+    attempt = start.attempt_of(handle, output_path, overwrite, origin)
+    if deployed():
+        attempt = replace(attempt, requested_by=f"flow run {current_flow_run_id()}")
+    return attempt
 
 
 def _layout_of(handle: runner.RunHandle) -> inbox.InboxLayout:
@@ -168,7 +183,7 @@ def _advance_or_wait(
     if progress.complete:
         summary = finish_and_publish(ledger, handle, output_path, overwrite)
         ledger.update_run(handle.run_key, flow_run_id=None, progress_artifact_id=None)
-        settle_dropped_file(run, _layout_of(handle))
+        settle_dropped_file(ledger, run, _layout_of(handle))
         return {"run_key": handle.run_key, "state": "finished", "summary": summary.as_dict()}
     if not mine:
         emit_run_event("submitted", run, {"rows": handle.plan.total_rows, "mode": handle.plan.mode})

@@ -14,19 +14,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_summary
 from flows.events import emit_run_event
-from tasks import runner
+from tasks import runner, start
 from tasks.infra.ledger import Ledger
-from tasks.infra.table_io import TableSource
 from tasks.providers.base import BatchProvider
-from tasks.spec.job import JobSpec
 from tasks.stages.report import RunSummary
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(
-    ledger: Ledger, key: str, source: TableSource, job: JobSpec, runs_root: Path, input_sha: str | None = None
-) -> runner.RunHandle:
-    return runner.prepare(ledger, key, source, job, runs_root, input_sha)
+def prepare_task(ledger: Ledger, checked: start.Checked, runs_root: Path) -> runner.RunHandle:
+    return start.prepare(ledger, checked, runs_root)
 
 
 @task(name="submit", cache_policy=NO_CACHE)

@@ -11,25 +11,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tasks.infra.errors import GrokBatchError, InputError, ProviderError
 from tasks.infra.ledger import BatchRow, Ledger
 from tasks.infra.logs import LOGGER
 from tasks.infra.run_layout import RunPaths, RunPlan
-from tasks.infra.table_io import TableSource
 from tasks.lifecycle import Action, BatchState, RunState, ShardView, Step, next_action_after, next_actions
-from tasks.money.catalog import check_batch_model
-from tasks.money.estimate import Estimate, check_budget, estimate_plan
 from tasks.money.row_cache import cache_root, namespace
 from tasks.providers.base import BatchProvider
 from tasks.spec.job import JobSpec
 from tasks.stages.answer_sync import SyncLimits, answer_planned
-from tasks.stages.collect import answer_checker, collect_batch, paused_gc
+from tasks.stages.collect import answer_checker, collect_batch, delete_service_files, paused_gc
 from tasks.stages.join import write_output
 from tasks.stages.poll import poll_open
-from tasks.stages.prepare import identify, prepare_run
 from tasks.stages.reconcile import plan_follow_up
 from tasks.stages.report import RunSummary, render_markdown, summarize
 from tasks.stages.submit import submit_planned
@@ -37,11 +33,17 @@ from tasks.stages.submit import submit_planned
 
 @dataclass(frozen=True)
 class RunHandle:
-    """What a driver needs to advance a run: its key, directory and plan."""
+    """What a driver needs to advance a run: its key, directory and plan, and the input
+    file its current command names (the plan keeps where it was first prepared from)."""
 
     run_key: str
     run_dir: Path
     plan: RunPlan
+    input_path: str = ""
+
+    @property
+    def input(self) -> str:
+        return self.input_path or self.plan.input_path
 
     @property
     def paths(self) -> RunPaths:
@@ -84,79 +86,6 @@ def check_output_path(output: Path, overwrite: bool) -> None:
         raise InputError(f"output {output} cannot be written: {existing} is not a writable folder")
 
 
-def register_run(
-    source: TableSource,
-    job: JobSpec,
-    runs_root: Path,
-    ledger: Ledger,
-    output: Path,
-    overwrite: bool = False,
-    origin: str = "cli",
-    input_sha: str | None = None,
-) -> str:
-    """Check what can be checked before any work, and record the run for this input and
-    job in the ledger (or find it); returns its key. Takes no lease and prepares nothing."""
-    check_output_path(output, overwrite)
-    if job.mode == "batch":  # sync does not touch the batch endpoint; auto avoids it (prepare)
-        warning = check_batch_model(job.model, job.catalog_path, job.provider)
-        if warning:
-            LOGGER.warning(warning)
-    identity = identify(source, job, input_sha)
-    ledger.ensure_run(
-        identity.run_key,
-        str(runs_root / identity.run_key),
-        str(source.path.resolve()),
-        job.name,
-        job.provider,
-        str(output),
-        overwrite=overwrite,
-        origin=origin,
-    )
-    return identity.run_key
-
-
-def prepare(
-    ledger: Ledger, key: str, source: TableSource, job: JobSpec, runs_root: Path, input_sha: str | None = None
-) -> RunHandle:
-    """Write the run's request files (or reuse them) and plan round 1; the caller holds
-    the lease, so two processes never both write. A failure here fails an open run."""
-    try:
-        plan = prepare_run(source, job, runs_root, input_sha)
-        if not any(Step(row.step).sent for row in ledger.batches(key)):
-            check_budget(estimate_plan(plan, job), job)  # nothing paid for yet: the budget applies
-    except BaseException:
-        if (ledger.run(key) or {}).get("state") == RunState.OPEN:
-            ledger.update_run(key, state=RunState.FAILED)
-        raise
-    ledger.plan_batches(key, 1, [(s.shard_no, s.path, s.lines) for s in plan.shards])
-    return RunHandle(key, runs_root / key, plan)
-
-
-def start_run(
-    source: TableSource,
-    job: JobSpec,
-    runs_root: Path,
-    ledger: Ledger,
-    output: Path,
-    overwrite: bool = False,
-    origin: str = "cli",
-    input_sha: str | None = None,
-) -> RunHandle:
-    """register_run, then prepare under the run's lease: for callers that drive a run
-    without a flow (tests, benchmarks, notebooks)."""
-    key = register_run(source, job, runs_root, ledger, output, overwrite, origin, input_sha)
-    with ledger.lease(key):
-        return prepare(ledger, key, source, job, runs_root, input_sha)
-
-
-def dry_run(source: TableSource, job: JobSpec, runs_root: Path) -> Estimate:
-    """Prepare the run's request files (a later real run reuses them) and estimate it;
-    nothing is uploaded and the ledger is not touched."""
-    if job.mode == "batch":
-        check_batch_model(job.model, job.catalog_path, job.provider)  # refuses a rejected model
-    return estimate_plan(prepare_run(source, job, runs_root), job)
-
-
 def handle_for(ledger: Ledger, key: str) -> RunHandle:
     run = ledger.run(key)
     if run is None:
@@ -164,7 +93,7 @@ def handle_for(ledger: Ledger, key: str) -> RunHandle:
     run_dir = Path(run["run_dir"])
     if not RunPaths(run_dir).plan.exists():
         raise GrokBatchError(f"run {key} was never prepared ({run_dir} has no run.json); run it again")
-    return RunHandle(key, run_dir, RunPlan.load(RunPaths(run_dir)))
+    return RunHandle(key, run_dir, RunPlan.load(RunPaths(run_dir)), run["input_path"])
 
 
 def progress_of(ledger: Ledger, handle: RunHandle) -> Progress:
@@ -191,7 +120,9 @@ COLLECT_THREADS = 4  # result pages are mostly waiting on the network: overlap a
 
 
 def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle) -> int:
-    """Collect every batch that reached a terminal state; returns how many were collected."""
+    """Collect every batch that reached a terminal state; returns how many were collected.
+    What a collected batch stored at the service (its request file, its output and error
+    files) is deleted then, unless the job says `keep_service_files`."""
     ready = [
         row for row in ledger.batches(handle.run_key) if row.step == Step.CREATED and _view(row).terminal
     ]
@@ -207,8 +138,8 @@ def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle)
             future.result()  # the first failure stops the pass; collected batches stay recorded
             row = futures[future]
             ledger.update_batch(row.batch_name, step=Step.COLLECTED)
-            if row.file_id and provider.capabilities.deletes_files:
-                _best_effort(provider.delete_file, row.file_id)
+            if not handle.job.keep_service_files:
+                delete_service_files(provider, handle.paths, row)
     return len(ready)
 
 
@@ -373,12 +304,14 @@ def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> 
     """Join the outcomes onto the input, write output and report, close the run."""
     job = handle.job
     cache_folder = cache_root(handle.run_dir.parent) / namespace(job)
-    tally = write_output(handle.plan, handle.paths, output, overwrite=overwrite, cache_folder=cache_folder)
+    # The file this command named: the same content as the prepared one (write_output checks).
+    plan = replace(handle.plan, input_path=handle.input)
+    tally = write_output(plan, handle.paths, output, overwrite=overwrite, cache_folder=cache_folder)
     summary = summarize(
         tally,
         ledger.batches(handle.run_key),
         run_key=handle.run_key,
-        input_path=handle.plan.input_path,
+        input_path=handle.input,
         output_path=str(output),
         model=job.model,
         mode=handle.plan.mode,

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from emulator.completions import expected_answer
-from tasks import runner
+from tasks import runner, start
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
 from tasks.providers.base import BatchProvider
@@ -52,7 +52,7 @@ def run_to_end(
     ledger = Ledger(default_ledger_url(data_dir))
     try:
         provider = make_provider(job.provider, job.base_url)
-        handle = runner.start_run(TableSource(input_path), job, data_dir / "runs", ledger, output, overwrite)
+        handle = start.start_run(TableSource(input_path), job, data_dir / "runs", ledger, output, overwrite)
         if on_start is not None:
             on_start(ledger, handle)
         advance_until_complete(ledger, provider, handle, timeout_s, on_progress)

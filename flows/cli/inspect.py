@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.options import DATA_DIR, MAX_WAIT_S, DataDir, MaxWait, Overwrite
-from flows.cli.render import console, fail, run_and_show, show_batches, show_runs
+from flows.cli.render import console, fail, run_and_show, show_run_detail, show_runs
 from tasks.infra.errors import GrokBatchError
 
 
@@ -45,28 +45,49 @@ def resume(
 
 
 def status(
-    run_key: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Show one run's batches.")] = None,
+    run_key: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Show one run in detail.")] = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            help="Ask the service for live counts of RUN's open batches (--no-refresh: ledger only)."
+        ),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     data_dir: DataDir = DATA_DIR,
 ) -> None:
-    """List runs in the ledger, or the batches of one run. Reads only local state.
+    """List the runs in the ledger, or one run in detail: its state, cancel request, rounds,
+    rows by outcome so far, output, and its batches with live counts from the service.
 
-    Example:  grok-batch status   ·   grok-batch status 3f2a9c
+    Example:  grok-batch status   ·   grok-batch status 3f2a9c   ·   grok-batch status 3f2a9c --json
     """
+    import json
+
     from tasks.doors.control import run_status
     from tasks.infra.ledger import Ledger, default_ledger_url
 
     url = default_ledger_url(data_dir)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        if as_json:
+            print(json.dumps({"runs": []}))
+            return
         console.print(f"no runs yet: {url} does not exist (is --data-dir right?)")
         return
     with closing(Ledger(url)) as ledger:
-        found = run_status(ledger, run_key)
+        try:
+            found = run_status(ledger, run_key, refresh=refresh)
+        except GrokBatchError as exc:
+            fail(exc)
+        if as_json:
+            shown = found.detail.as_dict() if found.detail else {"runs": found.runs}
+            print(json.dumps(shown, indent=2, default=str))
+            return
         if not found.runs:
             console.print(f"no runs in {ledger.display_url}" + (f" matching {run_key!r}" if run_key else ""))
             return
-        show_runs(found.runs, ledger.display_url)
-        if found.batches:
-            show_batches(found.batches)
+        if found.detail is None:
+            show_runs(found.runs, ledger.display_url)
+        else:
+            show_run_detail(found.detail)
 
 
 def cancel(
@@ -83,7 +104,15 @@ def cancel(
 
     with closing(Ledger(default_ledger_url(data_dir))) as ledger:
         try:
-            key, cancelled = cancel_run(ledger, run_key)
+            outcome = cancel_run(ledger, run_key)
         except GrokBatchError as exc:
             fail(exc)
-    console.print(f"cancelled {cancelled} batch(es); `grok-batch resume {key}` collects what finished")
+    key = outcome.run_key
+    if outcome.nothing_to_cancel:
+        console.print(f"run {key} is {outcome.state}: nothing to cancel")
+        return
+    again = "cancel was already requested; " if outcome.already_requested else ""
+    console.print(
+        f"{again}cancelled {outcome.cancelled_at_service} batch(es) at the service; nothing more will be "
+        f"sent. `grok-batch resume {key}` collects what finished and writes the output"
+    )

@@ -87,6 +87,13 @@ def job_spec(job_file: Path | None, flags: Mapping[str, Any]) -> JobSpec:
     try:
         return build_job(job_file, job_overrides(flags))
     except GrokBatchError as exc:
+        if job_file is None and "Field required" in str(exc):
+            fail(
+                GrokBatchError(
+                    f"{exc}\nhint: pass a job file with --job JOB.yaml (see data/samples/reviews.job.yaml), "
+                    "or --model and --prompt, e.g. --model grok-4.3 --prompt 'Classify: {{ text }}'"
+                )
+            )
         fail(exc)
 
 

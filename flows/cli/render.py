@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -14,7 +14,7 @@ from rich.table import Table
 from tasks.infra.errors import GrokBatchError
 
 if TYPE_CHECKING:
-    from tasks.infra.ledger import BatchRow
+    from tasks.doors.control import RunDetail
     from tasks.money.estimate import Estimate
 
 console = Console()
@@ -82,13 +82,21 @@ def show_result(result: dict[str, Any], data_dir: Path) -> None:
     from tasks.stages.report import RunSummary, cost_lines
 
     summary = result["summary"]
-    table = Table(title=f"run {summary['run_key']}: {summary['rows']} rows, mode {summary['mode']}")
+    console.print(
+        f"\nrun [bold]{summary['run_key']}[/]: {summary['rows']} rows, mode {summary['mode']}",
+        highlight=False,
+    )
+    table = Table()
     table.add_column("status")
     table.add_column("rows", justify="right")
     for status, count in summary["by_status"].items():
         if count:
             table.add_row(status, str(count))
     console.print(table)
+    if summary["error_examples"]:
+        console.print("why rows were not answered (top reasons):")
+        for error, count, example in summary["error_examples"][:5]:
+            console.print(f"  {count} row(s): {error[:160]} (e.g. {example})", markup=False, highlight=False)
     tokens = summary["tokens"]
     console.print(
         f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_tokens']}), "
@@ -114,35 +122,43 @@ def show_estimate(input_path: Path, estimate: Estimate, max_cost_usd: float | No
 
 
 def show_runs(runs: list[dict[str, Any]], ledger_url: str) -> None:
-    table = Table(title=f"runs in {ledger_url}")
-    for column in ("run", "job", "input", "state", "round", "output"):
-        table.add_column(column)
+    """One line per run; keys are shown whole (a prefix is what other commands take)."""
+    console.print(f"runs in {ledger_url}")
+    table = Table()
+    table.add_column("run", no_wrap=True, min_width=16)
+    for column in ("job", "state", "round", "input", "output"):
+        table.add_column(column, overflow="fold")
     for r in runs:
+        state = r["state"] + (" · cancel requested" if r["cancel_requested"] else "")
         table.add_row(
-            r["run_key"],
-            r["job_name"],
-            r["input_path"],
-            r["state"],
-            str(r["round_no"]),
-            r["output_path"] or "",
+            r["run_key"], r["job_name"], state, str(r["round_no"]), r["input_path"], r["output_path"] or ""
         )
     console.print(table)
 
 
-def show_batches(batches: Iterable[BatchRow]) -> None:
-    table = Table(title="batches")
+def show_run_detail(detail: RunDetail) -> None:
+    run = detail.run
+    console.print(f"run [bold]{run['run_key']}[/] · job {run['job_name']} · {run['state']}", highlight=False)
+    if run["cancel_requested"]:
+        console.print("cancel requested: nothing more is sent; finished results are kept")
+    console.print(f"input: {run['input_path']}", markup=False, highlight=False)
+    output = run["output_path"] or "(not set)"
+    written = "written" if detail.output_exists else "not written yet"
+    console.print(f"output: {output} ({written})", markup=False, highlight=False)
+    shown = detail.as_dict()
+    for r in shown["rounds"]:
+        console.print(f"round {r['round']}: {r['finished']}/{r['requests']} requests finished")
+    if detail.outcomes:
+        console.print("rows so far: " + ", ".join(f"{n} {s}" for s, n in sorted(detail.outcomes.items())))
+    console.print(f"figures: {detail.freshness}", markup=False, highlight=False)
+    table = Table()
     for column in ("batch", "round", "requests", "step", "state", "finished", "message"):
-        table.add_column(column)
-    for b in batches:
+        table.add_column(column, no_wrap=column == "batch", overflow="fold")
+    for b in shown["batches"]:
         table.add_row(
-            b.batch_id or b.batch_name,
-            str(b.round_no),
-            str(b.lines),
-            b.step,
-            b.state or "",
-            str(b.finished),
-            b.message or "",
-        )
+            b["batch"], str(b["round"]), str(b["requests"]), b["step"], b["state"] or "", str(b["finished"]),
+            b["message"] or "",
+        )  # fmt: skip
     console.print(table)
 
 

@@ -148,7 +148,7 @@ def estimate(
 
 def _estimate(input_path: Path, spec: JobSpec, data_dir: Path, encoding: str) -> None:
     from tasks.infra.table_io import TableSource
-    from tasks.runner import dry_run
+    from tasks.start import dry_run
 
     try:
         estimate = dry_run(TableSource(input_path, encoding=encoding), spec, data_dir / "runs")

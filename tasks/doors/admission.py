@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks import runner
+from tasks import runner, start
 from tasks.doors import inbox
 from tasks.infra.errors import PassFailedError, ProviderError
 from tasks.infra.ledger import Ledger
@@ -19,10 +19,8 @@ from tasks.infra.logs import LOGGER, Log
 from tasks.infra.table_io import TableSource
 from tasks.lifecycle import RunState
 from tasks.providers.registry import make_provider
-from tasks.spec.job import JobSpec
-from tasks.stages.prepare import identify
 
-Prepare = Callable[[Ledger, str, TableSource, JobSpec, Path, str | None], runner.RunHandle]
+Prepare = Callable[[Ledger, start.Checked, Path], runner.RunHandle]
 
 
 def admit_settled(
@@ -31,7 +29,7 @@ def admit_settled(
     runs_root: Path,
     settle_s: float,
     *,
-    prepare: Prepare = runner.prepare,
+    prepare: Prepare = start.prepare,
     submit: runner.StageCall = runner.PLAIN_STAGES.submit,
     log: Log = LOGGER,
 ) -> dict[str, list[str]]:
@@ -58,15 +56,18 @@ def admit_settled(
 
 
 def settle_dropped_file(
-    run: dict[str, Any], layout: inbox.InboxLayout, error: Exception | None = None
+    ledger: Ledger, run: dict[str, Any], layout: inbox.InboxLayout, error: Exception | None = None
 ) -> None:
-    """A run from the inbox ended: its input moves to archive/, or to failed/ with the reason."""
+    """A run from the inbox ended: its input moves to archive/, or to failed/ with the reason,
+    and the run names the file where it now is."""
     if run.get("origin") != "inbox":
         return
     if error is None:
-        inbox.archive(Path(run["input_path"]), layout)
+        moved = inbox.archive(Path(run["input_path"]), layout)
     else:
-        inbox.fail(Path(run["input_path"]), error, layout)
+        moved = inbox.fail(Path(run["input_path"]), error, layout)
+    if moved.exists():
+        ledger.update_run(run["run_key"], input_path=str(moved.resolve()))
 
 
 def raise_if_failed(outcome: dict[str, list[str]]) -> None:
@@ -89,23 +90,21 @@ def _admit(
     submit: runner.StageCall,
     log: Log,
 ) -> str:
-    source = TableSource(claimed.path)
-    key = identify(source, claimed.job, claimed.sha256).run_key
+    taken_outputs = {Path(r["output_path"]) for r in ledger.open_runs() if r["output_path"]}
+    output = inbox.output_for(claimed.name, claimed.sha256, layout, taken_outputs)
+    checked = start.check(TableSource(claimed.path), claimed.job, output, input_sha=claimed.sha256)
+    key = checked.run_key
     known = ledger.run(key)
     if known is not None and known["state"] != RunState.FAILED:
         log.warning("%s has the same content and job as run %s; not sent again", claimed.name, key)
         inbox.archive(claimed.path, layout)
         return "duplicates"
-    taken = {Path(r["output_path"]) for r in ledger.open_runs() if r["output_path"]}
-    output = inbox.output_for(claimed.name, claimed.sha256, layout, taken)
-    runner.register_run(
-        source, claimed.job, runs_root, ledger, output, origin="inbox", input_sha=claimed.sha256
-    )
-    with ledger.lease(key):
-        handle = prepare(ledger, key, source, claimed.job, runs_root, claimed.sha256)
+    provider = make_provider(checked.job.provider, checked.job.base_url)  # no API key: refused here
+    handle = prepare(ledger, checked, runs_root)
+    with start.taken(ledger, handle, start.attempt_of(handle, output, origin="inbox")):
         if handle.plan.mode == "batch":  # sync runs are answered by the collector
             try:
-                submit(ledger, make_provider(claimed.job.provider, claimed.job.base_url), handle)
+                submit(ledger, provider, handle)
             except ProviderError as exc:  # the run is recorded: the collector submits it later
                 log.error("%s is queued; submitting failed for now: %s", claimed.name, exc)
                 return "submitted"

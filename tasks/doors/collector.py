@@ -132,7 +132,7 @@ class _Pass:
             self.outcome["advanced"].append(key)
             if progress.complete:
                 self.finish(ledger, handle, Path(run["output_path"]), bool(run["overwrite"]))
-                settle_dropped_file(run, self.layout)
+                settle_dropped_file(ledger, run, self.layout)
                 self.log.info("run %s finished: %s", key, run["output_path"])
                 self.outcome["finished"].append(key)
         except ProviderError as exc:  # the service or the network: try again next pass
@@ -141,7 +141,7 @@ class _Pass:
         except GrokBatchError as exc:
             self.log.error("run %s cannot continue: %s", key, exc)
             ledger.update_run(key, state=RunState.FAILED)
-            settle_dropped_file(run, self.layout, exc)
+            settle_dropped_file(ledger, run, self.layout, exc)
             self.on_failed(run, exc)
             self.outcome["failed"].append(key)
         return None

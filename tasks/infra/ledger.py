@@ -67,6 +67,35 @@ batches_table = sa.Table(
 )
 
 
+# What each command that took a run over asked of it: the run's row holds the latest (the
+# file the user gave this time, where the output goes), this table the history. A command
+# that fails before taking the run over writes nothing anywhere.
+attempts_table = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("attempt_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_key", sa.String(64), sa.ForeignKey("runs.run_key"), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("origin", sa.String(16), nullable=False),
+    sa.Column("input_path", sa.Text, nullable=False),
+    sa.Column("output_path", sa.Text, nullable=False),
+    sa.Column("overwrite", sa.Boolean, nullable=False),
+    sa.Column("requested_by", sa.String(255), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one command asks of a run: the input as given this time, the output, the door it
+    came through (cli | inbox | deployment) and who asked (host:pid, or a flow run)."""
+
+    input_path: str
+    output_path: str
+    overwrite: bool = False
+    origin: str = "cli"
+    requested_by: str = ""
+
+
 class RunBusyError(GrokBatchError):
     """Another process holds the run's lease."""
 
@@ -105,6 +134,7 @@ class BatchRow:
     state: str | None
     finished: int
     message: str | None
+    updated_at: float = 0.0  # when the ledger last heard of this batch
 
 
 class Ledger:
@@ -130,44 +160,23 @@ class Ledger:
         self.engine.dispose()
 
     # -- runs ----------------------------------------------------------------
-    def ensure_run(
-        self,
-        run_key: str,
-        run_dir: str,
-        input_path: str,
-        job_name: str,
-        provider: str,
-        output_path: str,
-        *,
-        overwrite: bool = False,
-        origin: str = "cli",
-    ) -> None:
+    def ensure_run(self, run_key: str, run_dir: str, job_name: str, provider: str, attempt: Attempt) -> None:
+        """Record a run the first time a command takes it (an existing run is left as it is:
+        what a later command asks is recorded by `take_over`, under the lease)."""
         now = time.time()
         with self.tx() as conn:
             if conn.execute(sa.select(runs_table.c.run_key).where(runs_table.c.run_key == run_key)).first():
-                conn.execute(
-                    runs_table.update()
-                    .where(runs_table.c.run_key == run_key)
-                    .values(
-                        output_path=output_path,
-                        overwrite=overwrite,
-                        updated_at=now,
-                        state=sa.case(
-                            (runs_table.c.state == RunState.FAILED, RunState.OPEN), else_=runs_table.c.state
-                        ),
-                    )
-                )
                 return
             conn.execute(
                 runs_table.insert().values(
                     run_key=run_key,
                     run_dir=run_dir,
-                    input_path=input_path,
+                    input_path=attempt.input_path,
                     job_name=job_name,
                     provider=provider,
-                    output_path=output_path,
-                    overwrite=overwrite,
-                    origin=origin,
+                    output_path=attempt.output_path,
+                    overwrite=attempt.overwrite,
+                    origin=attempt.origin,
                     state=RunState.OPEN,
                     round_no=1,
                     cancel_requested=False,
@@ -175,6 +184,45 @@ class Ledger:
                     updated_at=now,
                 )
             )
+
+    def take_over(self, run_key: str, attempt: Attempt) -> None:
+        """The command holding the run's lease now drives it: the run writes where this one
+        asked, names the file it gave, and a failed run is open again."""
+        run = self.run(run_key) or {}
+        state = RunState.OPEN if run.get("state") == RunState.FAILED else run.get("state", RunState.OPEN)
+        self.update_run(
+            run_key,
+            input_path=attempt.input_path,
+            output_path=attempt.output_path,
+            overwrite=attempt.overwrite,
+            origin=attempt.origin,
+            state=state,
+        )
+        requested_by = attempt.requested_by or this_holder()
+        latest = (self.attempts(run_key) or [{}])[-1]
+        if all(latest.get(k) == v for k, v in {**vars(attempt), "requested_by": requested_by}.items()):
+            return  # the same request again (a resumed flow run): one attempt
+        with self.tx() as conn:
+            conn.execute(
+                attempts_table.insert().values(
+                    run_key=run_key,
+                    at=time.time(),
+                    origin=attempt.origin,
+                    input_path=attempt.input_path,
+                    output_path=attempt.output_path,
+                    overwrite=attempt.overwrite,
+                    requested_by=requested_by,
+                )
+            )
+
+    def attempts(self, run_key: str) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(
+                sa.select(attempts_table)
+                .where(attempts_table.c.run_key == run_key)
+                .order_by(attempts_table.c.attempt_id)
+            ).mappings()
+            return [dict(r) for r in rows]
 
     def run(self, run_key: str) -> dict[str, Any] | None:
         with self.tx() as conn:

@@ -27,6 +27,7 @@ from tasks.infra.table_io import CsvColumnTypeError, TableSource, file_sha256
 from tasks.money.catalog import model_info
 from tasks.money.row_cache import KEY_TYPE, STORED_FIELDS, CacheIndex, cache_root, namespace, request_keys
 from tasks.spec.answer_schema import output_fields
+from tasks.spec.endpoints import server_url
 from tasks.spec.job import JobSpec
 from tasks.stages.shards import ShardWriter
 
@@ -137,18 +138,22 @@ def check_result_columns(schema: pa.Schema, job: JobSpec, source: str) -> None:
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What makes two commands the same run: the input's content (read the same way) and the job."""
+    """What makes two commands the same run: the input's content (read the same way), the job
+    and who answers it."""
 
     run_key: str
     input_sha: str
 
 
 def identify(source: TableSource, job: JobSpec, input_sha: str | None = None) -> RunIdentity:
-    """The run this input and job make (the one place a run key is computed). `input_sha`
-    saves hashing the file again when the caller already did (the inbox)."""
+    """The run this input and job make (the one place a run key is computed): the input's
+    content, the job, and the server that answers it (a job's URL, else the environment's),
+    so the same table sent elsewhere is another run. `input_sha` saves hashing the file
+    again when the caller already did (the inbox)."""
     source.check_readable()
     input_sha = input_sha or file_sha256(source.path)
-    return RunIdentity(run_key(input_sha, job.fingerprint(), source.encoding), input_sha)
+    answered_by = job.model_copy(update={"base_url": server_url(job.provider, job.base_url)})
+    return RunIdentity(run_key(input_sha, answered_by.fingerprint(), source.encoding), input_sha)
 
 
 def prepare_run(source: TableSource, job: JobSpec, runs_root: Path, input_sha: str | None = None) -> RunPlan:

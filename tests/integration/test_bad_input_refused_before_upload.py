@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from emulator import RunningEmulator
-from tasks import runner
 from tasks.infra.errors import GrokBatchError
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
 from tasks.spec.job import build_job
+from tasks.start import start_run
 
 JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
 
@@ -23,7 +23,7 @@ def start(
 ):
     ledger = Ledger(default_ledger_url(tmp / "data"))
     try:
-        return runner.start_run(
+        return start_run(
             TableSource(path, encoding=encoding),
             build_job(None, job or JOB),
             tmp / "data" / "runs",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from emulator import RunningEmulator
-from tasks import runner
+from tasks import runner, start
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
 from tasks.providers.xai import XaiProvider
@@ -26,7 +26,7 @@ def drive(
 ) -> list[dict]:
     ledger = Ledger(default_ledger_url(data))
     provider = XaiProvider()
-    handle = runner.start_run(TableSource(src), build_job(None, job), data / "runs", ledger, out)
+    handle = start.start_run(TableSource(src), build_job(None, job), data / "runs", ledger, out)
     deadline = time.monotonic() + 60
     while not (progress := runner.advance(ledger, provider, handle)).complete:
         on_progress(progress, provider, ledger)
@@ -113,7 +113,7 @@ def test_cancelled_run_sends_nothing_more_and_plans_no_round(
     ledger = Ledger(default_ledger_url(data_dir))
     provider = XaiProvider()
     job = build_job(None, {**JOB, "shard_max_lines": 10, "max_attempts": 3})
-    handle = runner.start_run(TableSource(src), job, data_dir / "runs", ledger, tmp_path / "out.parquet")
+    handle = start.start_run(TableSource(src), job, data_dir / "runs", ledger, tmp_path / "out.parquet")
     first = ledger.batches(handle.run_key)[0]
     runner.PLAIN_STAGES.submit(ledger, provider, handle)  # all three shards go out
     ledger.update_run(handle.run_key, cancel_requested=True)  # what `grok-batch cancel` records
@@ -134,7 +134,7 @@ def test_cancel_before_submission_closes_every_shard_without_a_call(
     src = write_csv(tmp_path / "in.csv", [{"text": f"t{i}"} for i in range(30)])
     ledger = Ledger(default_ledger_url(data_dir))
     job = build_job(None, {**JOB, "shard_max_lines": 10})
-    handle = runner.start_run(TableSource(src), job, data_dir / "runs", ledger, tmp_path / "out.parquet")
+    handle = start.start_run(TableSource(src), job, data_dir / "runs", ledger, tmp_path / "out.parquet")
     ledger.update_run(handle.run_key, cancel_requested=True)
     assert runner.advance(ledger, XaiProvider(), handle).complete
     runner.finish(ledger, handle, tmp_path / "out.parquet", overwrite=False)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from emulator import RunningEmulator
-from tasks.infra.ledger import Ledger, RunBusyError, metadata
+from tasks.infra.ledger import Attempt, Ledger, RunBusyError, metadata
 from tasks.spec.job import build_job
 from tests.helpers import run_to_end, write_csv
 
@@ -43,9 +43,15 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def test_runs_batches_and_intent_steps(ledger_url: str) -> None:
     ledger = Ledger(ledger_url)
-    ledger.ensure_run("k1", "/runs/k1", "/in.csv", "job", "xai", "/out.parquet")
-    ledger.ensure_run("k1", "/runs/k1", "/in.csv", "job", "xai", "/out2.parquet")  # idempotent
-    assert ledger.run("k1")["output_path"] == "/out2.parquet"
+    ledger.ensure_run("k1", "/runs/k1", "job", "xai", Attempt("/in.csv", "/out.parquet"))
+    ledger.ensure_run("k1", "/runs/k1", "job", "xai", Attempt("/in.csv", "/out2.parquet"))  # idempotent
+    assert ledger.run("k1")["output_path"] == "/out.parquet"  # only a take-over changes what it writes
+    ledger.take_over("k1", Attempt("/copy.csv", "/out2.parquet", origin="inbox", requested_by="me"))
+    ledger.take_over("k1", Attempt("/copy.csv", "/out2.parquet", origin="inbox", requested_by="me"))
+    run = ledger.run("k1")
+    assert (run["input_path"], run["output_path"], run["origin"]) == ("/copy.csv", "/out2.parquet", "inbox")
+    history = [(a["input_path"], a["output_path"], a["requested_by"]) for a in ledger.attempts("k1")]
+    assert history == [("/copy.csv", "/out2.parquet", "me")]  # the same request again is one attempt
     ledger.plan_batches("k1", 1, [(0, "/s0", 10), (1, "/s1", 5)])
     ledger.plan_batches("k1", 1, [(0, "/other", 99)])  # existing shards are kept as they are
     rows = ledger.batches("k1")
@@ -65,7 +71,7 @@ def test_runs_batches_and_intent_steps(ledger_url: str) -> None:
 
 def test_lease_excludes_a_second_holder_and_survives_a_dead_one(ledger_url: str) -> None:
     ledger = Ledger(ledger_url)
-    ledger.ensure_run("k2", "/runs/k2", "/in.csv", "job", "xai", "/o.parquet")
+    ledger.ensure_run("k2", "/runs/k2", "job", "xai", Attempt("/in.csv", "/o.parquet"))
     ledger.claim("k2", "host-a:1", 60)
     ledger.claim("k2", "host-a:1", 60)  # renewing is fine
     with pytest.raises(RunBusyError, match="being worked on by host-a:1"):

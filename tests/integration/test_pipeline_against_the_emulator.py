@@ -98,7 +98,7 @@ def test_output_is_never_overwritten_without_permission(
 def test_input_changed_during_the_run_is_refused_at_join(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
-    from tasks import runner
+    from tasks import runner, start
     from tasks.infra.ledger import Ledger, default_ledger_url
     from tasks.infra.table_io import TableSource
     from tasks.providers.xai import XaiProvider
@@ -106,7 +106,7 @@ def test_input_changed_during_the_run_is_refused_at_join(
     src = write_csv(tmp_path / "in.csv", [{"text": "a"}, {"text": "b"}])
     out = tmp_path / "out.parquet"
     ledger = Ledger(default_ledger_url(data_dir))
-    handle = runner.start_run(TableSource(src), build_job(None, JOB), data_dir / "runs", ledger, out)
+    handle = start.start_run(TableSource(src), build_job(None, JOB), data_dir / "runs", ledger, out)
     advance_until_complete(ledger, XaiProvider(), handle)
     write_csv(src, [{"text": "b"}, {"text": "a"}])  # same rows, other order
     with pytest.raises(GrokBatchError, match=r"in.csv changed since the run prepared it"):
@@ -118,7 +118,7 @@ def test_input_changed_during_the_run_is_refused_at_join(
 def test_latin1_input_runs_to_the_end_with_its_encoding(
     tmp_path: Path, emulator: RunningEmulator, data_dir: Path
 ) -> None:
-    from tasks import runner
+    from tasks import runner, start
     from tasks.infra.ledger import Ledger, default_ledger_url
     from tasks.infra.table_io import TableSource
     from tasks.providers.xai import XaiProvider
@@ -127,7 +127,7 @@ def test_latin1_input_runs_to_the_end_with_its_encoding(
     src.write_bytes("id,text\n1,café crème\n2,naïve\n".encode("latin-1"))
     out = tmp_path / "out.parquet"
     ledger = Ledger(default_ledger_url(data_dir))
-    handle = runner.start_run(
+    handle = start.start_run(
         TableSource(src, encoding="latin-1"), build_job(None, JOB), data_dir / "runs", ledger, out
     )
     advance_until_complete(ledger, XaiProvider(), handle)

@@ -16,7 +16,7 @@ import pytest
 
 from emulator import RunningEmulator
 from emulator.completions import expected_answer, invalid_output, structured_answer
-from tasks import runner
+from tasks import start
 from tasks.infra.errors import GrokBatchError, JobSpecError
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
@@ -51,6 +51,7 @@ RESULT_COLUMNS = [
     "reasoning_tokens",
     "cached_tokens",
     "cost_usd",
+    "estimated_cost_usd",
     "service_cost_usd",
     "attempts",
     "from_cache",
@@ -319,7 +320,7 @@ def test_typed_column_that_clashes_with_another_column_is_refused_before_upload(
     try:
         with pytest.raises(GrokBatchError, match=repr(clash)):
             spec = job(columns=columns)
-            runner.start_run(
+            start.start_run(
                 TableSource(table_of(tmp_path, 10)), spec, data_dir / "runs", ledger, tmp_path / "o.parquet"
             )
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.infra.ledger import Ledger
+from tasks.infra.ledger import Attempt, Ledger
 from tasks.lifecycle import (
     PASS_ORDER,
     RUN_TRANSITIONS,
@@ -103,7 +103,7 @@ def test_every_step_and_state_has_a_row_in_its_table() -> None:
 
 def test_the_ledger_refuses_a_transition_the_tables_do_not_allow(tmp_path: Path) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    ledger.ensure_run("k1", "/runs/k1", "/in.csv", "job", "xai", "/out.parquet")
+    ledger.ensure_run("k1", "/runs/k1", "job", "xai", Attempt("/in.csv", "/out.parquet"))
     ledger.plan_batches("k1", 1, [(0, "/s0", 10)])
     name = ledger.batches("k1")[0].batch_name
     with pytest.raises(TransitionError, match="step planned cannot become collected"):
@@ -125,7 +125,7 @@ def test_the_ledger_refuses_a_transition_the_tables_do_not_allow(tmp_path: Path)
 
 def test_the_lease_is_reentrant_and_released_by_the_outermost_block(tmp_path: Path) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    ledger.ensure_run("k1", "/runs/k1", "/in.csv", "job", "xai", "/out.parquet")
+    ledger.ensure_run("k1", "/runs/k1", "job", "xai", Attempt("/in.csv", "/out.parquet"))
     with ledger.lease("k1"):
         with ledger.lease("k1"):  # a stage inside a driver's block
             ledger.renew("k1")
