@@ -38,7 +38,7 @@ class Capabilities:
     batch_protocol: str  # "xai" or "openai": the shape of the batch endpoints
     sync_chat: bool  # /chat/completions for mode sync
     find_by_name: bool  # a batch is found by its name after a lost create reply (create-once)
-    deletes_files: bool  # uploaded files can (and should) be deleted once collected
+    deletes_files: bool  # the run's files (uploads, result files) can and should be deleted once collected
     expiry_is_final: bool  # True: the service ends expired batches itself; False: our clock judges
     reasoning_in_completion: bool  # usage.completion_tokens includes reasoning tokens
 
@@ -73,6 +73,11 @@ class BatchProvider(ABC):
 
     @abstractmethod
     def delete_file(self, file_id: str) -> None: ...
+
+    def result_files(self, batch_id: str) -> list[str]:
+        """Files the service wrote a batch's results to, stored (and billed) until deleted:
+        none where results are read from an endpoint (xAI)."""
+        return []
 
     def sync_client(self, timeout_s: float) -> openai.OpenAI:
         """An SDK client for /chat/completions with no retries of its own (mode sync paces

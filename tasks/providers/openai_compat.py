@@ -143,6 +143,11 @@ class OpenAIBatchProvider(SdkProvider):
             if file_id:  # None, or "" on some servers when there were no errors
                 yield from self._file_pages(file_id)
 
+    def result_files(self, batch_id: str) -> list[str]:
+        """The batch's output and error files (either may be missing, or "" on some servers)."""
+        data = self._batch(batch_id)
+        return [str(data[key]) for key in ("output_file_id", "error_file_id") if data.get(key)]
+
     def _file_pages(self, file_id: str) -> Iterator[list[dict[str, Any]]]:
         page: list[dict[str, Any]] = []
         try:

@@ -69,7 +69,7 @@ class SdkProvider(BatchProvider):
         return str(created.id)
 
     def delete_file(self, file_id: str) -> None:
-        """Uploaded request files are billed for storage; drop each once its batch is collected."""
+        """Stored files are billed for storage: the run drops its own once their batch is collected."""
         self._call(f"deleting file {file_id}", lambda: self.client.files.delete(file_id))
 
     def sync_client(self, timeout_s: float) -> openai.OpenAI:

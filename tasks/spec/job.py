@@ -35,6 +35,7 @@ _NOT_FINGERPRINTED = {
     "sync_concurrency",
     "sync_requests_per_minute",
     "sync_tokens_per_minute",
+    "keep_service_files",
 }
 
 
@@ -78,6 +79,10 @@ class JobSpec(BaseModel):
     max_cost_usd: float | None = Field(default=None, gt=0, description="Refuse to submit above this estimate")
     catalog: str | None = Field(default=None, description="Model catalog YAML (default: the built-in one)")
     cache: bool = Field(default=True, description="Reuse answers to identical requests from earlier runs")
+    keep_service_files: bool = Field(
+        default=False,
+        description="Keep the run's files at the service (requests, results); else deleted once collected",
+    )
     # A job file's output path for the CLI; hidden from Prefect's form, whose own `output`
     # parameter is the one output setting there.
     output: SkipJsonSchema[str | None] = None

@@ -14,7 +14,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.infra.crashpoints import WHILE_COLLECTING, crashpoint
+from tasks.infra.errors import ProviderError
 from tasks.infra.ledger import BatchRow
+from tasks.infra.logs import LOGGER
 from tasks.infra.records import CANCELLED, EXPIRED, FAILED, INVALID_OUTPUT, RESULT_SCHEMA, SUCCEEDED
 from tasks.infra.run_layout import RunPaths
 from tasks.providers.base import BatchProvider, BatchState
@@ -134,3 +136,45 @@ def write_results(
             writer.write_table(records_table(records, row.batch_id, row.round_no))
     partial.replace(target)
     return target
+
+
+# -- what the run stored at the service ---------------------------------------------------
+def deleted_files_record(paths: RunPaths) -> Path:
+    """One line per file of the run deleted at the service, `<batch name> <file id>`,
+    appended as each is deleted: the count survives a crash and a rerun."""
+    return paths.run_dir / "service-files-deleted.txt"
+
+
+def service_files_deleted(paths: RunPaths) -> int:
+    """How many of the run's files (request, output, error) were deleted at the service."""
+    record = deleted_files_record(paths)
+    if not record.exists():
+        return 0
+    lines = record.read_text(encoding="utf-8").splitlines()
+    return len({line.split(" ")[-1] for line in lines if line.strip()})
+
+
+def delete_service_files(provider: BatchProvider, paths: RunPaths, row: BatchRow) -> int:
+    """Once a batch is collected, delete what it stored at the service: the uploaded request
+    file and the files its results were written to (OpenAI: output and error file); storage
+    is billed until then. Best effort: a failed deletion is a warning. Returns how many were
+    deleted, each also recorded in `deleted_files_record`."""
+    if not provider.capabilities.deletes_files:
+        return 0
+    files = [row.file_id] if row.file_id else []
+    if row.batch_id is not None:
+        try:
+            files += provider.result_files(row.batch_id)
+        except ProviderError as exc:
+            LOGGER.warning("%s", exc)
+    deleted = 0
+    for file_id in dict.fromkeys(files):
+        try:
+            provider.delete_file(file_id)
+        except ProviderError as exc:
+            LOGGER.warning("%s", exc)
+            continue
+        with deleted_files_record(paths).open("a", encoding="utf-8") as record:
+            record.write(f"{row.batch_name} {file_id}\n")
+        deleted += 1
+    return deleted

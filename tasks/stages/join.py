@@ -34,6 +34,7 @@ from tasks.money.pricing import price_sheet
 from tasks.money.row_cache import CacheWriter
 from tasks.spec.answer_schema import output_fields, typed_columns
 from tasks.spec.job import JobSpec
+from tasks.stages.collect import service_files_deleted
 from tasks.stages.report import Tally
 
 
@@ -183,8 +184,9 @@ def write_output(
     overwrite: bool,
     cache_folder: Path | None = None,
 ) -> Tally:
-    """Stream the input and the outcomes into `output` (atomically); returns the totals.
-    Succeeded answers of this run go into the row cache at `cache_folder`."""
+    """Stream the input and the outcomes into `output` (atomically); returns the totals
+    (with how many of the run's files collection deleted at the service). Succeeded answers
+    of this run go into the row cache at `cache_folder`."""
     job = JobSpec.model_validate(plan.job)
     if output.exists() and not overwrite:
         raise GrokBatchError(f"output {output} already exists; pass --overwrite to replace it")
@@ -223,6 +225,8 @@ def write_output(
     if cache is not None:
         cache.close()
     partial.replace(output)
+    tally.service_files_deleted = service_files_deleted(paths)
+    tally.service_files_kept = job.keep_service_files
     return tally
 
 

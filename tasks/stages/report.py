@@ -28,6 +28,8 @@ class RunSummary:
     mode: str = "batch"
     service_cost_usd: float | None = None  # the service's own figure, where it gives one
     priced: bool = True  # the model has prices in the catalog
+    service_files_deleted: int = 0  # files of this run deleted at the service once collected
+    service_files_kept: bool = False  # the job said keep_service_files: true
     from_cache: int = 0
     saved_usd: float = 0.0
     batches: list[dict[str, Any]] = field(default_factory=list)
@@ -54,6 +56,8 @@ class Tally:
     service_cost_usd: float | None = None
     from_cache: int = 0
     saved_usd: float = 0.0
+    service_files_deleted: int = 0  # set by the join from what collection recorded
+    service_files_kept: bool = False
     errors: dict[str, list[Any]] = field(default_factory=dict)  # error -> [rows, first custom_id]
 
     def add(self, chunk: pa.Table, saved_usd: float = 0.0) -> None:
@@ -108,6 +112,8 @@ def summarize(
         mode=mode,
         service_cost_usd=tally.service_cost_usd,
         priced=tally.unpriced_rows == 0,
+        service_files_deleted=tally.service_files_deleted,
+        service_files_kept=tally.service_files_kept,
         from_cache=tally.from_cache,
         saved_usd=tally.saved_usd,
         rounds=max((b.round_no for b in batches), default=0),
@@ -152,6 +158,15 @@ def cost_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
+def service_files_lines(summary: RunSummary) -> list[str]:
+    """What the run left stored at the service (request, output and error files)."""
+    if summary.mode != "batch":
+        return []  # mode sync stores nothing there
+    if summary.service_files_kept:
+        return ["- files at the service: kept (`keep_service_files: true`)"]
+    return [f"- files deleted at the service once collected: {summary.service_files_deleted}"]
+
+
 def render_markdown(summary: RunSummary) -> str:
     lines = [f"# grok-batch run {summary.run_key}", ""]
     if summary.rejected_files:
@@ -164,6 +179,7 @@ def render_markdown(summary: RunSummary) -> str:
         f"- model: `{summary.model}`, mode: {summary.mode}",
         f"- rows: {summary.rows}, rounds: {summary.rounds}",
         *cost_lines(summary),
+        *service_files_lines(summary),
         "",
         "| status | rows |",
         "|---|---|",
