@@ -1,6 +1,9 @@
 """The `scan-inbox` flow: turn settled files in the inbox into submitted runs.
 
-It submits and returns; `collect-pending` finishes the runs and moves inputs to archive/.
+Each file it takes becomes a run of its own `run-job` flow run (its home, as for a job
+started in the UI), which submits, waits suspended and ends with the output and the
+input moved to archive/. Without a run-job deployment the scan submits itself and
+`collect-pending` finishes the run.
 The admission rules are `tasks.doors.admission.admit_settled`. A pass in which a dropped
 file could not be processed ends Failed (the file is in failed/ with a note), so alerts fire.
 """
@@ -16,9 +19,38 @@ from flows.logs import TeeLog
 from flows.stages import prepare_task, submit_task
 from flows.wakeups import book_collector, deployed, rename_current_run
 from tasks.doors import inbox
-from tasks.doors.admission import admit_settled, raise_if_failed
+from tasks.doors.admission import StartHome, admit_settled, no_home, raise_if_failed
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.run_layout import data_root as data_root_of
+from tasks.start import Checked
+
+RUN_JOB_DEPLOYMENT = "run-batch-job/run-job"
+
+
+def _start_home_in(data_root: Path) -> StartHome:
+    """A dropped file's home: a run of the run-job deployment, like a job started in the UI."""
+
+    def start(checked: Checked, output: Path) -> str | None:
+        from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            started: Any = run_deployment(  # sync from sync code (typed sync-or-async)
+                RUN_JOB_DEPLOYMENT,
+                parameters={
+                    "input_path": str(checked.source.path),
+                    "job": checked.job.model_dump(mode="json", exclude={"output"}),
+                    "output": str(output),
+                    "data_dir": str(data_root),
+                },
+                timeout=0,
+                as_subflow=False,
+            )
+        except ObjectNotFound:
+            return None  # no run-job deployment here: the scan submits and the collector finishes
+        return str(started.id)
+
+    return start
 
 
 @flow(name="scan-inbox", log_prints=True)
@@ -44,6 +76,7 @@ def scan_inbox(
             settle_s,
             prepare=prepare_task,
             submit=submit_task,
+            start_home=_start_home_in(data_root) if deployed() else no_home,
             log=TeeLog(),
         )
     finally:

@@ -21,6 +21,14 @@ from tasks.lifecycle import RunState
 from tasks.providers.registry import make_provider
 
 Prepare = Callable[[Ledger, start.Checked, Path], runner.RunHandle]
+# Starts the flow run that is a dropped file's home, as a job started in the UI has one
+# (returns its id), or None where there is none: then admission submits the batches itself
+# and the collector finishes the run.
+StartHome = Callable[[start.Checked, Path], str | None]
+
+
+def no_home(_checked: start.Checked, _output: Path) -> str | None:
+    return None
 
 
 def admit_settled(
@@ -31,6 +39,7 @@ def admit_settled(
     *,
     prepare: Prepare = start.prepare,
     submit: runner.StageCall = runner.PLAIN_STAGES.submit,
+    start_home: StartHome = no_home,
     log: Log = LOGGER,
 ) -> dict[str, list[str]]:
     """Claim every dropped table that has stopped growing and start its run; returns the
@@ -44,7 +53,7 @@ def admit_settled(
             if claimed is None:
                 continue  # another scan took it
             log.info("claimed %s (job %s) into %s", table.name, claimed.job.name, claimed.path.parent.name)
-            kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, log)
+            kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, start_home, log)
             outcome[kind].append(table.name)
         except Exception as exc:  # one bad drop never stops the scan of the others
             if claimed is None and not (table.exists() or table.is_symlink()):
@@ -88,6 +97,7 @@ def _admit(
     runs_root: Path,
     prepare: Prepare,
     submit: runner.StageCall,
+    start_home: StartHome,
     log: Log,
 ) -> str:
     taken_outputs = {Path(r["output_path"]) for r in ledger.open_runs() if r["output_path"]}
@@ -102,6 +112,15 @@ def _admit(
     provider = make_provider(checked.job.provider, checked.job.base_url)  # no API key: refused here
     handle = prepare(ledger, checked, runs_root)
     with start.taken(ledger, handle, start.attempt_of(handle, output, origin="inbox")):
+        pass  # recorded as the inbox's run: checked, prepared, its output name held
+    home = start_home(checked, output)
+    if home is not None:
+        ledger.update_run(key, flow_run_id=home)  # the collector sees it has a home from now on
+        log.info(
+            "%s is run %s (%s rows): its home is flow run %s", claimed.name, key, handle.plan.total_rows, home
+        )
+        return "submitted"
+    with ledger.lease(key):
         if handle.plan.mode == "batch":  # sync runs are answered by the collector
             try:
                 submit(ledger, provider, handle)

@@ -3,7 +3,8 @@ no process of it alive while the service works, then Completed with its summary,
 report and progress artifacts on its own flow run; the flow runs it causes stay within a
 stated bound. Served by `grok-batch serve`, and by a process work pool's worker after
 `serve` was killed mid-run (no run waits on a concurrency slot). A bad inbox file ends its
-scan Failed; a grok-batch.run.finished automation starts a deployment."""
+scan Failed; a good drop's home is a run-job flow run of its own; a grok-batch.run.finished
+automation starts a deployment."""
 
 from __future__ import annotations
 
@@ -177,10 +178,13 @@ def _flow_runs_since(api_url: str, since: float) -> list[Any]:
     return result
 
 
-def _check_home(api_url: str, flow_run_id: str, out: Path, emulator: RunningEmulator, since: float) -> None:
+def _check_home(
+    api_url: str, flow_run_id: str, out: Path, emulator: RunningEmulator, since: float, batches: int = 1
+) -> None:
     table = pq.read_table(out)
     assert table.num_rows == ROWS and set(table.column("status").to_pylist()) == {"succeeded"}
-    assert emulator.state.count("POST", "/v1/batches", 200) == 1  # resumed from the top: not resubmitted
+    # Resumed from the top: not resubmitted.
+    assert emulator.state.count("POST", "/v1/batches", 200) == batches
     history, artifacts = _history_and_artifacts(api_url, flow_run_id)
     assert "Suspended" in history and history[-1] == "Completed", history
     assert history.index("Suspended") < len(history) - 1
@@ -224,7 +228,7 @@ def test_served_run_job_waits_suspended_and_finishes_on_its_own_page(
     assert "flow run" in printed and "requests finished" in printed  # serve says what it does
 
 
-def test_a_worker_finishes_the_job_after_serve_was_killed_mid_run(
+def test_a_worker_finishes_the_job_after_serve_was_killed_mid_run_and_homes_jobs_itself(
     tmp_path: Path, prefect_server: dict[str, str], emulator: RunningEmulator
 ) -> None:
     emulator.configure(processing_s=8.0)
@@ -270,16 +274,30 @@ def test_a_worker_finishes_the_job_after_serve_was_killed_mid_run(
             raise AssertionError(
                 f"{[s for s in seen if s[1] != 'Scheduled']}\n{worker_log.read_text()[-3000:]}"
             ) from None
-    table = pq.read_table(out)
-    assert table.num_rows == ROWS and set(table.column("status").to_pylist()) == {"succeeded"}
-    assert emulator.state.count("POST", "/v1/batches", 200) == 1  # taken over, not resubmitted
-    runs = _flow_runs_since(api_url, since)
-    assert not [r for r in runs if r.state_name == "AwaitingConcurrencySlot"]
-    # The served home was resumed but nothing could pick it up: it is cancelled with the reason,
-    # and a pass on the pool finished the job (named for it).
-    home = next(r for r in runs if str(r.id) == flow_run_id)
-    assert home.state_name == "Cancelled" and "collect-pending finished the job" in (home.state.message or "")
-    assert any("finished" in r.name for r in runs if r.name.startswith("collect · ")), [r.name for r in runs]
+        table = pq.read_table(out)
+        assert table.num_rows == ROWS and set(table.column("status").to_pylist()) == {"succeeded"}
+        assert emulator.state.count("POST", "/v1/batches", 200) == 1  # taken over, not resubmitted
+        runs = _flow_runs_since(api_url, since)
+        assert not [r for r in runs if r.state_name == "AwaitingConcurrencySlot"]
+        # The served home was resumed but nothing could pick it up: it is cancelled with the
+        # reason, and a pass on the pool finished the job (named for it).
+        home = next(r for r in runs if str(r.id) == flow_run_id)
+        assert home.state_name == "Cancelled" and "collect-pending finished the job" in (
+            home.state.message or ""
+        )
+        assert any("finished" in r.name for r in runs if r.name.startswith("collect · ")), [
+            r.name for r in runs
+        ]
+        # A job started on the pool's deployment waits Suspended (no process of it, no
+        # worker slot) and ends Completed on its own page, like a served one.
+        since = time.time()
+        more = write_csv(tmp_path / "more.csv", [{"text": f"more thing {i}"} for i in range(ROWS)])
+        more_out = tmp_path / "more.parquet"
+        pooled = _start_job(api_url, more, more_out)
+        _wait_for("Suspended on the pool", lambda: _state(api_url, pooled) == "PAUSED", 120, worker_log)
+        _wait_for("the flow-run process to exit", lambda: not _processes_of(pooled), 30, worker_log)
+        _wait_for("Completed on the pool", lambda: _state(api_url, pooled) == "COMPLETED", 150, worker_log)
+    _check_home(api_url, pooled, more_out, emulator, since, batches=2)
 
 
 def _create_automation(api_url: str, deployment_name: str, marker: float) -> None:
@@ -326,9 +344,23 @@ def test_a_bad_drop_fails_its_scan_and_a_finished_run_triggers_a_deployment(
 
         failed = _wait_for("a Failed scan", lambda: scans("Failed"), 60, log)
         assert "bad.csv" in (failed[0].state.message or "") and (data / "failed" / "bad.error.md").exists()
-        src = write_csv(tmp_path / "good.csv", [{"text": f"t{i}"} for i in range(5)])
-        job_run = _start_job(api_url, src, tmp_path / "good.parquet")
-        _wait_for("the job to complete", lambda: _state(api_url, job_run) == "COMPLETED", 90, log)
+        # A good drop's home is a run-job flow run of its own, like a job started in the UI.
+        (inbox / "good.job.yaml").write_text("name: chained\nmodel: grok-4.3\nprompt: 'Say: {{ text }}'\n")
+        write_csv(inbox / "good.csv", [{"text": f"t{i}"} for i in range(5)])
+        homes = _wait_for(
+            "the dropped file's run-job to complete",
+            lambda: [
+                r
+                for r in _flow_runs_since(api_url, since)
+                if r.name.startswith("chained · good--") and r.state_name == "Completed"
+            ],
+            120,
+            log,
+        )
+        assert len(homes) == 1 and (data / "outbox" / "good.parquet").exists()
+        assert list((data / "archive").glob("good--*.csv"))
+        _, artifacts = _history_and_artifacts(api_url, str(homes[0].id))
+        assert {"summary", "usage", "report"} <= {(a.key or "").split("-")[2] for a in artifacts if a.key}
 
         def chained() -> list[Any]:
             return [r for r in _flow_runs_since(api_url, since) if r.parameters.get("settle_s") == marker]
