@@ -25,8 +25,67 @@ _NEGATIVE = {
 }  # fmt: skip
 _WORD = re.compile(r"[a-z']+")
 
-# Per-million-token prices the emulator bills in `cost_in_usd_ticks` (1 tick = 1e-10 USD).
-_EMULATOR_PRICE_PER_M = (1.25, 0.20, 2.50)  # input, cached input, output
+
+class ModelPrices(NamedTuple):
+    """What the emulated service bills a model, USD per 1M tokens (reasoning billed as output)."""
+
+    input: float
+    cached_input: float
+    output: float
+    batch_discount: float = 0.0  # fraction off every token type for batch results
+    long_threshold: int | None = None  # prompts of at least this many tokens bill at `long`
+    long: tuple[float, float, float] | None = None  # input, cached input, output
+
+    def per_million(self, prompt_tokens: int) -> tuple[float, float, float]:
+        if self.long is not None and self.long_threshold is not None and prompt_tokens >= self.long_threshold:
+            return self.long
+        return self.input, self.cached_input, self.output
+
+
+# What xAI bills, as `cost_in_usd_ticks` (1 tick = 1e-10 USD): "the actual amount billed, after
+# all applicable discounts" (docs.x.ai, Cost tracking). The emulator imports nothing of the
+# product (tests/unit/test_dependency_rule.py), so these MIRROR the xAI models of
+# tasks/money/catalog/models.yaml, and a unit test checks that the two agree: standard prices,
+# the >=200k long-context tier, and xAI's batch discount, which "varies by model": 20% off
+# for grok-4.3 and the grok-4.20-0309 family, "Models not listed above have no batch discount."
+_GROK_4_3_LONG = (2.50, 0.40, 5.00)
+MODEL_PRICES: dict[str, ModelPrices] = {
+    "grok-4.3": ModelPrices(1.25, 0.20, 2.50, 0.20, 200_000, _GROK_4_3_LONG),
+    "grok-4.20-0309-reasoning": ModelPrices(1.25, 0.20, 2.50, 0.20, 200_000, _GROK_4_3_LONG),
+    "grok-4.20-0309-non-reasoning": ModelPrices(1.25, 0.20, 2.50, 0.20, 200_000, _GROK_4_3_LONG),
+    "grok-4.20-multi-agent-0309": ModelPrices(1.25, 0.20, 2.50, 0.20),
+    "grok-4.5": ModelPrices(2.00, 0.50, 6.00),
+    "grok-4.6": ModelPrices(2.00, 0.30, 6.00),
+    "grok-4.7": ModelPrices(2.00, 0.30, 6.00),
+    "grok-4-1-fast-reasoning": ModelPrices(0.20, 0.05, 0.50),
+    "grok-4-1-fast-non-reasoning": ModelPrices(0.20, 0.05, 0.50),
+    "grok-4-fast-reasoning": ModelPrices(0.20, 0.05, 0.50),
+    "grok-3": ModelPrices(3.00, 0.75, 15.00),
+    "grok-3-mini": ModelPrices(0.30, 0.075, 0.50),
+    "grok-code-fast-1": ModelPrices(0.20, 0.02, 1.50),
+}
+# A model the table does not list (a test's made-up one) bills at grok-4.3's standard prices.
+OTHER_MODEL_PRICES = ModelPrices(1.25, 0.20, 2.50)
+
+
+def billed_ticks(
+    model: str,
+    prompt_tokens: int,
+    cached_tokens: int,
+    output_tokens: int,
+    *,
+    batch: bool,
+    bill_factor: float = 1.0,
+) -> int:
+    """What the service bills one request, in ticks: standard prices for a synchronous call,
+    the model's batch discount for a batch result, times `bill_factor` (1.0: exactly the
+    catalog's figure; above it, a service that bills more than the catalog says)."""
+    prices = MODEL_PRICES.get(model, OTHER_MODEL_PRICES)
+    price_in, price_cached, price_out = prices.per_million(prompt_tokens)
+    keep = (1.0 - prices.batch_discount) if batch else 1.0
+    uncached = max(prompt_tokens - cached_tokens, 0)
+    usd = (uncached * price_in + cached_tokens * price_cached + output_tokens * price_out) / 1e6
+    return round(usd * keep * bill_factor * 1e10)
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -118,7 +177,9 @@ class _Completion(NamedTuple):
     cost_ticks: int
 
 
-def _complete(body: dict[str, Any], invalid_output_rate: float, seed: int) -> _Completion:
+def _complete(
+    body: dict[str, Any], invalid_output_rate: float, seed: int, batch: bool, bill_factor: float
+) -> _Completion:
     model = str(body.get("model", ""))
     digest = request_digest(body)
     broken = invalid_output(body, invalid_output_rate, seed, digest) if invalid_output_rate > 0 else None
@@ -133,15 +194,17 @@ def _complete(body: dict[str, Any], invalid_output_rate: float, seed: int) -> _C
     system_tokens = sum(_tokens(m.get("content", "")) + 3 for m in messages if m.get("role") == "system")
     completion_tokens = _tokens(answer)
     reasoning_tokens = 2 * completion_tokens if _is_reasoning_model(model) else 0
-    price_in, price_cached, price_out = _EMULATOR_PRICE_PER_M
-    cost_usd = (
-        (prompt_tokens - system_tokens) * price_in
-        + system_tokens * price_cached
-        + (completion_tokens + reasoning_tokens) * price_out
-    ) / 1e6
+    ticks = billed_ticks(
+        model,
+        prompt_tokens,
+        system_tokens,
+        completion_tokens + reasoning_tokens,
+        batch=batch,
+        bill_factor=bill_factor,
+    )
     return _Completion(
         digest, model, answer, finish_reason, prompt_tokens, system_tokens, completion_tokens,
-        reasoning_tokens, round(cost_usd * 1e10),
+        reasoning_tokens, ticks,
     )  # fmt: skip
 
 
@@ -152,10 +215,14 @@ def chat_completion(
     *,
     invalid_output_rate: float = 0.0,
     seed: int = 0,
+    batch: bool = False,
+    bill_factor: float = 1.0,
 ) -> dict[str, Any]:
     """A chat.completion body in xAI's usage shape (completion_tokens excludes reasoning), or
-    with flavor="openai" in OpenAI's (completion_tokens includes reasoning, no cost)."""
-    c = _complete(body, invalid_output_rate, seed)
+    with flavor="openai" in OpenAI's (completion_tokens includes reasoning, no cost). xAI's
+    `cost_in_usd_ticks` is the bill: at standard prices for a synchronous call, and with the
+    model's batch discount for a batch result (`batch=True`); see `billed_ticks`."""
+    c = _complete(body, invalid_output_rate, seed, batch, bill_factor)
     if flavor == "openai":
         return _openai_completion(c, created)
     return {
@@ -244,12 +311,14 @@ def chat_completion_json(
     *,
     invalid_output_rate: float = 0.0,
     seed: int = 0,
+    batch: bool = False,
+    bill_factor: float = 1.0,
 ) -> str:
     """chat_completion() as JSON text (preformatted for the xAI flavour, which pages millions)."""
     if flavor == "openai":
         document = chat_completion(body, created, flavor, invalid_output_rate=invalid_output_rate, seed=seed)
         return json.dumps(document, ensure_ascii=False)
-    c = _complete(body, invalid_output_rate, seed)
+    c = _complete(body, invalid_output_rate, seed, batch, bill_factor)
     return _COMPLETION_JSON % (
         c.digest, created, json.dumps(c.model, ensure_ascii=False), json.dumps(c.answer, ensure_ascii=False),
         c.finish_reason, c.prompt_tokens, c.completion_tokens,

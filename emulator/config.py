@@ -51,6 +51,9 @@ class EmulatorConfig:
     expire_after_s: float = 86_400.0
     fail_rate: float = 0.0  # fraction of requests that end with an error result
     invalid_output_rate: float = 0.0  # fraction of structured answers that break their schema
+    # xAI's cost_in_usd_ticks = the catalog's figure (batch discount for batch results) x this;
+    # e.g. 1.3 plays a service that bills 30% more than the catalog says.
+    bill_factor: float = 1.0
     rate_429: float = 0.0
     rate_500: float = 0.0
     drop_rate: float = 0.0  # connections closed without any response

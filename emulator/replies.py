@@ -128,4 +128,5 @@ class Routes(ABC, Generic[Book]):
             self.flavor,
             invalid_output_rate=config.invalid_output_rate,
             seed=config.seed,
+            bill_factor=config.bill_factor,  # a synchronous call: standard prices
         )

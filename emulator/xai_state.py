@@ -101,6 +101,8 @@ class XaiBatches(BatchBook[XaiBatch]):
             int(batch.schedule.finish_at[rank]),
             invalid_output_rate=config.invalid_output_rate,
             seed=config.seed,
+            batch=True,  # billed with the model's batch discount, like xAI
+            bill_factor=config.bill_factor,
         )
         response = f'{{"response":{{"chat_get_completion":{completion}}}}}'
         return f'{{"batch_request_id":{custom_id},"batch_result":{response}}}'

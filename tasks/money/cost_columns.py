@@ -1,5 +1,10 @@
-"""The cost columns of the output: what each row cost at the catalog's prices for the run's
-model and mode, vectorized over Arrow columns (the join calls these per chunk)."""
+"""The cost columns of the output, vectorized over Arrow columns (the join calls these per chunk).
+
+Per record (one attempt of one row), two figures: the catalog's estimate (its prices for the
+run's model and mode x the record's tokens) and the bill, which is the service's own figure
+where it gives one (xAI's `cost_in_usd_ticks`, "the actual amount billed, after all
+applicable discounts") and the estimate where it gives none (OpenAI's protocol).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class Pricing:
     batch: bool
 
     def at_prices(self, outcomes: pa.Table) -> pa.Array:
+        """The catalog's estimate per record (null: no usage, or no prices for the model)."""
         if self.sheet is None:
             return pa.nulls(outcomes.num_rows, pa.float64())
         column = outcomes.column
@@ -37,11 +43,11 @@ class Pricing:
             batch=self.batch,
         )
 
-    def costs(self, outcomes: pa.Table, from_cache: pa.Array) -> pa.Array:
-        """Per row: what this run paid (a cached answer costs nothing now)."""
-        return pc.if_else(from_cache, 0.0, self.at_prices(outcomes))
+    def billed(self, outcomes: pa.Table) -> pa.Array:
+        """The bill per record: the service's figure where it gives one, else the estimate."""
+        return pc.coalesce(outcomes.column("service_cost_usd"), self.at_prices(outcomes))
 
     def saved(self, outcomes: pa.Table) -> float:
-        """What the cached rows would have cost had they been sent."""
+        """What the cached rows would have cost had they been sent (catalog prices)."""
         cached = outcomes.filter(outcomes.column("from_cache"))
         return float(pc.sum(self.at_prices(cached)).as_py() or 0.0) if cached.num_rows else 0.0

@@ -284,9 +284,10 @@ def ticks_to_usd(ticks: float | None) -> float | None:
 def costs_disagree(
     ours: float, service: float, tolerance: float = 0.01, abs_floor: float = COST_ABS_FLOOR_USD
 ) -> bool:
-    """Whether our cost and the service's differ by more than `tolerance` (relative to the
-    larger) and by more than `abs_floor` USD. Whether xAI's ticks include the batch discount
-    is unverified (reference §4): a 20% gap on the first run is exactly what this catches."""
+    """Whether the catalog's estimate and the service's bill differ by more than `tolerance`
+    (relative to the larger) and by more than `abs_floor` USD. xAI's ticks are "the actual
+    amount billed, after all applicable discounts": a gap means the catalog's prices or batch
+    discount for the model are out of date (or the service bills something the catalog lacks)."""
     if not (math.isfinite(ours) and math.isfinite(service)):
         return True
     gap = abs(ours - service)

@@ -38,6 +38,21 @@ from tasks.stages.collect import service_files_deleted
 from tasks.stages.report import Tally
 
 
+def _with_estimate(columns: list[str]) -> list[str]:
+    """The result columns with `estimated_cost_usd` right after `cost_usd`."""
+    if "estimated_cost_usd" in columns:
+        return list(columns)
+    at = columns.index("cost_usd") + 1
+    return [*columns[:at], "estimated_cost_usd", *columns[at:]]
+
+
+# The result columns of the output: cost_usd is what each row was billed, estimated_cost_usd
+# the catalog's figure for the same tokens. (estimated_cost_usd belongs in
+# tasks.infra.records.OUTPUT_RESULT_COLUMNS, whose names the clash checks read.)
+OUTPUT_COLUMNS = _with_estimate(OUTPUT_RESULT_COLUMNS)
+OUTPUT_TYPES = {**RESULT_TYPES, "estimated_cost_usd": pa.float64()}
+
+
 class _RowStream:
     """Hands out exactly n rows at a time from a stream of record batches."""
 
@@ -101,11 +116,14 @@ class _Outcomes:
         billed = pa.table(
             {
                 "custom_id": every_later.column("custom_id"),
-                "cost": pricing.at_prices(every_later),
+                "billed": pricing.billed(every_later),
+                "estimate": pricing.at_prices(every_later),
                 "service": every_later.column("service_cost_usd"),
             }
         )
-        self.later_billed = billed.group_by("custom_id").aggregate([("cost", "sum"), ("service", "sum")])
+        self.later_billed = billed.group_by("custom_id").aggregate(
+            [("billed", "sum"), ("estimate", "sum"), ("service", "sum")]
+        )
         self._loaded: dict[int, pa.Table] = {}
 
     def _shard(self, shard_no: int) -> pa.Table:
@@ -142,38 +160,46 @@ class _Outcomes:
             )
         attempts = pc.if_else(rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32()))
         from_cache = pc.fill_null(pc.and_(pc.invert(rejected), pc.equal(attempts, 0)), False)
-        cost, service = self._billed(ids, candidates.take(in_first), picked, from_cache)
-        columns = {name: picked.column(name) for name in OUTPUT_RESULT_COLUMNS if name in picked.column_names}
+        cost, estimate, service = self._billed(ids, candidates.take(in_first), picked, from_cache)
+        columns = {name: picked.column(name) for name in OUTPUT_COLUMNS if name in picked.column_names}
         columns.update(
             custom_id=ids,
             status=status,
             error=pc.if_else(rejected, manifest.column("reject_reason"), picked.column("error")),
             cost_usd=cost,
+            estimated_cost_usd=estimate,
             service_cost_usd=service,
             attempts=attempts,
             from_cache=from_cache,
         )
-        return pa.table({name: columns[name] for name in OUTPUT_RESULT_COLUMNS})
+        return pa.table({name: columns[name] for name in OUTPUT_COLUMNS})
 
     def _billed(
         self, ids: pa.Array, first: pa.Table, picked: pa.Table, from_cache: pa.Array
-    ) -> tuple[pa.Array, pa.Array]:
-        """(cost_usd, service_cost_usd) per row over all its attempts: the final record's,
-        or for a retried row round 1's plus every later round's."""
-        cost = self.pricing.costs(picked, from_cache)
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """(cost_usd, estimated_cost_usd, service_cost_usd) per row over all its attempts: the
+        final record's, or for a retried row round 1's plus every later round's. cost_usd is
+        the bill (the service's figure, the estimate where it gives none); a row answered
+        from the row cache cost nothing now."""
+        pricing = self.pricing
+        cost = pc.if_else(from_cache, 0.0, pricing.billed(picked))
+        estimate = pc.if_else(from_cache, 0.0, pricing.at_prices(picked))
         service = pc.if_else(
             from_cache, pc.multiply(picked.column("service_cost_usd"), 0.0), picked.column("service_cost_usd")
         )
         slot = pc.index_in(ids, value_set=self.later_billed.column("custom_id").combine_chunks())
         retried = pc.and_(pc.is_valid(slot), pc.greater(picked.column("round"), 1))
         if not pc.any(retried).as_py():
-            return cost, service
+            return cost, estimate, service
         later = self.later_billed.take(slot)
-        cost = pc.if_else(retried, sum_known(later.column("cost_sum"), self.pricing.at_prices(first)), cost)
+        cost = pc.if_else(retried, sum_known(later.column("billed_sum"), pricing.billed(first)), cost)
+        estimate = pc.if_else(
+            retried, sum_known(later.column("estimate_sum"), pricing.at_prices(first)), estimate
+        )
         service = pc.if_else(
             retried, sum_known(later.column("service_sum"), first.column("service_cost_usd")), service
         )
-        return cost, service
+        return cost, estimate, service
 
 
 def write_output(
@@ -249,7 +275,7 @@ class _ResultColumns:
         prefix = job.result_prefix
         self.answer_schema = job.answer_schema
         self.typed_fields = output_fields(self.answer_schema) if self.answer_schema is not None else []
-        self.fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in OUTPUT_RESULT_COLUMNS]
+        self.fields = [pa.field(prefix + name, OUTPUT_TYPES[name]) for name in OUTPUT_COLUMNS]
         self.fields += [pa.field(prefix + f.name, f.type) for f in self.typed_fields]
 
     def attach(self, table: pa.Table, appended: pa.Table) -> pa.Table:

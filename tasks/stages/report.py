@@ -23,11 +23,14 @@ class RunSummary:
     rows: int
     by_status: dict[str, int]
     tokens: dict[str, int]
-    cost_usd: float
+    cost_usd: float  # the bill: the service's figures, the catalog's estimate for rows it gave none
     rounds: int
     mode: str = "batch"
     service_cost_usd: float | None = None  # the service's own figure, where it gives one
     priced: bool = True  # the model has prices in the catalog
+    estimated_cost_usd: float | None = None  # the catalog's figure for the same tokens
+    estimated_rows: int = 0  # rows billed at the estimate: the service reported no cost for them
+    cost_known: bool = True  # every answered row has a cost (from the service or the catalog)
     service_files_deleted: int = 0  # files of this run deleted at the service once collected
     service_files_kept: bool = False  # the job said keep_service_files: true
     from_cache: int = 0
@@ -51,8 +54,11 @@ class Tally:
     rows: int = 0
     by_status: dict[str, int] = field(default_factory=lambda: {status: 0 for status in ROW_STATUSES})
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_COLUMNS, 0))
-    cost_usd: float = 0.0
-    unpriced_rows: int = 0  # answered, but no catalog price to cost them with
+    cost_usd: float = 0.0  # the bill (sum of cost_usd)
+    estimated_cost_usd: float = 0.0  # the catalog's figure (sum of estimated_cost_usd)
+    unpriced_rows: int = 0  # answered, but no catalog price to estimate them with
+    unknown_cost_rows: int = 0  # answered, with neither the service's figure nor a catalog price
+    estimated_rows: int = 0  # sent and answered, billed at the estimate (no figure from the service)
     service_cost_usd: float | None = None
     from_cache: int = 0
     saved_usd: float = 0.0
@@ -66,10 +72,15 @@ class Tally:
         self.saved_usd += saved_usd
         self.from_cache += int(pc.sum(chunk.column("from_cache")).as_py() or 0)
         answered = pc.is_valid(chunk.column("prompt_tokens"))
-        self.unpriced_rows += int(
-            pc.sum(pc.and_(answered, pc.is_null(chunk.column("cost_usd")))).as_py() or 0
-        )
+        self.unpriced_rows += _count(pc.and_(answered, pc.is_null(chunk.column("estimated_cost_usd"))))
+        self.unknown_cost_rows += _count(pc.and_(answered, pc.is_null(chunk.column("cost_usd"))))
         service = sent.column("service_cost_usd")
+        self.estimated_rows += _count(
+            pc.and_(
+                pc.and_(pc.is_valid(sent.column("prompt_tokens")), pc.is_null(service)),
+                pc.is_valid(sent.column("estimated_cost_usd")),
+            )
+        )
         if service.null_count < len(service):
             self.service_cost_usd = (self.service_cost_usd or 0.0) + float(pc.sum(service).as_py() or 0.0)
         for item in chunk.group_by("status").aggregate([("status", "count")]).to_pylist():
@@ -77,6 +88,7 @@ class Tally:
         for name in TOKEN_COLUMNS:
             self.tokens[name] += int(pc.sum(sent.column(name)).as_py() or 0)
         self.cost_usd += float(pc.sum(chunk.column("cost_usd")).as_py() or 0.0)
+        self.estimated_cost_usd += float(pc.sum(chunk.column("estimated_cost_usd")).as_py() or 0.0)
         errors = chunk.filter(pc.is_valid(chunk.column("error")))
         if errors.num_rows:
             grouped = errors.group_by("error").aggregate([("custom_id", "count"), ("custom_id", "min")])
@@ -86,6 +98,10 @@ class Tally:
                     known[0] += item["custom_id_count"]
                 elif len(self.errors) < _MAX_DISTINCT_ERRORS:
                     self.errors[item["error"]] = [item["custom_id_count"], item["custom_id_min"]]
+
+
+def _count(mask: pa.Array) -> int:
+    return int(pc.sum(mask).as_py() or 0)
 
 
 def summarize(
@@ -112,6 +128,9 @@ def summarize(
         mode=mode,
         service_cost_usd=tally.service_cost_usd,
         priced=tally.unpriced_rows == 0,
+        estimated_cost_usd=tally.estimated_cost_usd if tally.unpriced_rows == 0 else None,
+        estimated_rows=tally.estimated_rows,
+        cost_known=tally.unknown_cost_rows == 0,
         service_files_deleted=tally.service_files_deleted,
         service_files_kept=tally.service_files_kept,
         from_cache=tally.from_cache,
@@ -135,22 +154,44 @@ def summarize(
     )
 
 
+COST_WARNING = "against the catalog's estimate"  # in the line that flags a bill over 1% off
+
+
 def cost_lines(summary: RunSummary) -> list[str]:
-    """Our cost from the catalog, the service's own figure beside it, and what the cache saved."""
-    prices = "batch" if summary.mode == "batch" else "standard"
-    if summary.priced:
-        lines = [f"- cost: ${summary.cost_usd:.6f} (catalog {prices} prices x tokens used)"]
+    """The run's cost, which is the bill (the service's own figures; the catalog's estimate
+    only for rows the service reported no cost for), the catalog's estimate beside it with a
+    flag when the two differ by more than 1%, and what the row cache saved."""
+    basis = f"catalog {'batch' if summary.mode == 'batch' else 'standard'} prices x tokens used"
+    billed = summary.service_cost_usd is not None
+    if not summary.cost_known:
+        lines = [
+            f"- cost: unknown for some rows: `{summary.model}` has no prices in the model catalog "
+            "and the service reported no cost for them"
+        ]
+    elif not billed and not summary.estimated_rows:
+        lines = [f"- cost: ${summary.cost_usd:.6f} (nothing was billed)"]  # all cached, or no answer
+    elif not billed:
+        lines = [f"- cost: ${summary.cost_usd:.6f} (estimated: {basis}; the service reports no cost)"]
+    elif summary.estimated_rows:
+        lines = [
+            f"- cost: ${summary.cost_usd:.6f} (billed by the service; estimated for "
+            f"{summary.estimated_rows} row(s) it reported no cost for)"
+        ]
     else:
-        lines = [f"- cost: unknown for some rows: `{summary.model}` has no prices in the model catalog"]
-    if summary.service_cost_usd is not None:
-        note = ""
-        if summary.priced and costs_disagree(summary.cost_usd, summary.service_cost_usd):
-            gap = (summary.service_cost_usd - summary.cost_usd) / max(summary.cost_usd, 1e-12)
-            note = (
-                f" (**{gap:+.0%} against the catalog figure**: check the catalog's prices and batch "
-                "discount for this model, or whether the service applies the discount)"
-            )
-        lines.append(f"- cost reported by the service: ${summary.service_cost_usd:.6f}{note}")
+        lines = [f"- cost: ${summary.cost_usd:.6f} (billed by the service)"]
+    if billed:
+        estimate = summary.estimated_cost_usd
+        if not summary.priced or estimate is None:
+            lines.append(f"- catalog estimate: unknown: `{summary.model}` has no prices in the model catalog")
+        else:
+            note = ""
+            if summary.cost_known and costs_disagree(estimate, summary.cost_usd):
+                gap = (summary.cost_usd - estimate) / max(estimate, 1e-12)
+                note = (
+                    f" (**the bill is {gap:+.0%} {COST_WARNING}**: check the catalog's prices and batch "
+                    "discount for this model)"
+                )
+            lines.append(f"- catalog estimate: ${estimate:.6f} ({basis}){note}")
     if summary.from_cache:
         lines.append(
             f"- from the row cache: {summary.from_cache} row(s), not sent; saved ${summary.saved_usd:.6f}"

@@ -81,7 +81,7 @@ def test_appended_rows_are_the_only_requests_sent_again(
             old["completion_tokens"],
             old["cached_tokens"],
         )
-        assert row["cost_usd"] == 0.0  # not paid for again
+        assert row["cost_usd"] == 0.0 and row["estimated_cost_usd"] == 0.0  # not paid for again
     for i in range(12, 17):
         row = after[f"r{i:02d}"]
         assert row["from_cache"] is False and row["attempts"] == 1 and row["cost_usd"] > 0
@@ -95,16 +95,18 @@ def test_appended_rows_are_the_only_requests_sent_again(
         / 1e6
         for r in before.values()
     )
-    assert saved > 0 and saved == pytest.approx(sum(r["cost_usd"] for r in before.values()), rel=1e-12)
+    assert saved > 0
+    assert saved == pytest.approx(sum(r["estimated_cost_usd"] for r in before.values()), rel=1e-12)
     assert second.from_cache == 12
     assert abs(second.saved_usd - saved) < 1e-12
     text = report(second_out)
     assert f"- from the row cache: 12 row(s), not sent; saved ${saved:.6f}" in text
-    # the service's figure covers only what was sent this time
-    service = re.search(r"^- cost reported by the service: \$([0-9.]+)", text, re.MULTILINE)
-    assert service is not None
+    # the run's cost is the service's bill for what was sent this time, and nothing else
+    billed = re.search(r"^- cost: \$([0-9.]+) \(billed by the service\)$", text, re.MULTILINE)
+    assert billed is not None, text
     fresh = sum(after[f"r{i:02d}"]["service_cost_usd"] for i in range(12, 17))
-    assert float(service.group(1)) == round(fresh, 6)
+    assert fresh > 0 and float(billed.group(1)) == round(fresh, 6)
+    assert second.cost_usd == pytest.approx(fresh, rel=1e-12)
 
 
 def test_cache_off_sends_every_row_again(tmp_path: Path, emulator: RunningEmulator, data_dir: Path) -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from emulator.completions import MODEL_PRICES, billed_ticks
 from tasks.infra.errors import JobSpecError
 from tasks.money.catalog import (
     BUILTIN_CATALOG,
     check_batch_model,
+    is_default_service,
     load_catalog,
     model_info,
 )
@@ -250,6 +252,75 @@ def test_refused_model_suggests_sync_or_an_accepted_model() -> None:
 def test_model_of_another_provider_is_a_warning() -> None:
     assert "provider 'openai'" in (check_batch_model("gpt-4o", provider="xai") or "")
     assert check_batch_model("gpt-4o", provider="openai") is None
+
+
+def test_model_of_another_provider_is_a_warning_only_at_that_providers_own_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("XAI_BASE_URL", raising=False)
+    # grok-4.3 sent to OpenAI itself: OpenAI's batch endpoint will refuse it
+    for url in (None, "https://api.openai.com/v1", "https://api.openai.com"):
+        warning = check_batch_model("grok-4.3", provider="openai", base_url=url) or ""
+        assert "listed for provider 'xai'" in warning and "provider 'openai'" in warning, url
+    assert is_default_service("openai") and is_default_service("xai", "https://api.x.ai/v1/")
+    # an OpenAI-compatible gateway or self-hosted server serving grok-4.3: nothing to warn about
+    for url in ("http://127.0.0.1:8000/openai/v1", "https://gateway.example.com/v1"):
+        assert check_batch_model("grok-4.3", provider="openai", base_url=url) is None, url
+        assert not is_default_service("openai", url)
+    assert check_batch_model("gpt-4o", provider="xai", base_url="http://127.0.0.1:8000/v1") is None
+    # the server comes from the environment when the job names none, as the provider's does
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/openai/v1")
+    assert check_batch_model("grok-4.3", provider="openai") is None
+    assert check_batch_model("grok-4.3", provider="openai", base_url="https://api.openai.com/v1")
+    # what the catalog knows of the model's own provider is still checked wherever it is served
+    assert "not in the model catalog" in (
+        check_batch_model("no-such-model", provider="openai", base_url="https://gateway.example.com/v1") or ""
+    )
+    with pytest.raises(JobSpecError, match=r"grok-4\.5 is not accepted"):
+        check_batch_model("grok-4.5", provider="xai", base_url="http://127.0.0.1:8000/v1")
+
+
+def test_the_emulator_bills_what_the_catalog_says_xai_bills() -> None:
+    """The emulator mirrors the catalog's xAI prices (it may not import the product): every
+    xAI model of the catalog has the same standard prices, batch discount and long-context
+    tier there, and its ticks equal our cost arithmetic in both modes."""
+    xai_models = {
+        name: info for name, info in load_catalog(BUILTIN_CATALOG).items() if info.provider == "xai"
+    }
+    assert set(MODEL_PRICES) == set(xai_models)
+    for name, info in xai_models.items():
+        emulated = MODEL_PRICES[name]
+        assert (emulated.input, emulated.cached_input, emulated.output) == (
+            info.prices["input"],
+            info.prices["cached_input"],
+            info.prices["output"],
+        ), name
+        assert info.batch_prices is None and emulated.batch_discount == info.batch_discount, name
+        long = info.long_context
+        assert (emulated.long_threshold, emulated.long) == (
+            (None, None)
+            if long is None
+            else (long.threshold, (long.prices["input"], long.prices["cached_input"], long.prices["output"]))
+        ), name
+        for usage in (REFERENCE, Usage(250_000, 1_000, 2_000, 500)):
+            for batch in (False, True):
+                ticks = billed_ticks(
+                    name,
+                    usage.prompt_tokens,
+                    usage.cached_tokens,
+                    usage.output_tokens + usage.reasoning_tokens,
+                    batch=batch,
+                )
+                ours = cost_usd(usage, sheet(name), batch=batch)
+                assert ticks * TICK_USD == pytest.approx(ours, abs=TICK_USD), (name, usage, batch)
+    # grok-4.3 by hand, the reference usage: standard 0.00047205 (see above), batch 20% off
+    assert billed_ticks("grok-4.3", 706, 679, 121, batch=False) == 4_720_500
+    assert billed_ticks("grok-4.3", 706, 679, 121, batch=True) == 3_776_400
+    assert billed_ticks("grok-4-1-fast-reasoning", 706, 679, 121, batch=True) == billed_ticks(
+        "grok-4-1-fast-reasoning", 706, 679, 121, batch=False
+    )
+    assert billed_ticks("grok-4.3", 706, 679, 121, batch=True, bill_factor=1.3) == round(1.3 * 3_776_400)
 
 
 CUSTOM = """

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from tasks.infra.errors import JobSpecError
+from tasks.spec.endpoints import ENDPOINTS, server_url
 
 BUILTIN_CATALOG = Path(__file__).with_name("models.yaml")
 CATALOG_ENV = "GROK_BATCH_CATALOG"
@@ -237,18 +239,25 @@ def model_info(model: str, catalog: Path | None = None) -> ModelInfo | None:
     return load_catalog(catalog).get(model)
 
 
-def check_batch_model(model: str, catalog: Path | None = None, provider: str = "xai") -> str | None:
+def check_batch_model(
+    model: str, catalog: Path | None = None, provider: str = "xai", base_url: str | None = None
+) -> str | None:
     """Refuse a model the provider's batch endpoint is known to reject (it would sink every
     batch, with only `cancel_by_xai_message` to tell); return a warning for a model the catalog
-    lacks or lists under another provider, since the catalog cannot speak for that endpoint."""
+    lacks, or lists under another provider while the job talks to that provider's own service
+    (`base_url` resolved as the provider does: the job's, the environment's, the default):
+    the catalog cannot speak for that endpoint. An OpenAI-compatible gateway that serves xAI's
+    models (provider openai, another host) is not warned about."""
     models = load_catalog(catalog)
     info = models.get(model)
     if info is None:
         return (
             f"model {model!r} is not in the model catalog ({catalog_path(catalog)}); the batch endpoint "
-            "may reject it, which fails the whole file, and costs cannot be computed"
+            "may reject it, which fails the whole file, and costs cannot be estimated before sending"
         )
     if info.provider != provider:
+        if not is_default_service(provider, base_url):
+            return None  # a gateway or self-hosted server: it says itself what it serves
         return (
             f"model {model!r} is listed for provider {info.provider!r} in the model catalog "
             f"({catalog_path(catalog)}), but the job uses provider {provider!r}; the batch endpoint may "
@@ -263,3 +272,11 @@ def check_batch_model(model: str, catalog: Path | None = None, provider: str = "
             f"one by one, or a model the batch endpoint takes: {', '.join(accepted) or '(none listed)'}"
         )
     return None
+
+
+def is_default_service(provider: str, base_url: str | None = None) -> bool:
+    """Whether a job of `provider` talks to that provider's own service (its default host),
+    rather than a gateway or a self-hosted server speaking its protocol."""
+    endpoint = ENDPOINTS[provider]
+    host = urlsplit(server_url(provider, base_url)).hostname
+    return host is not None and host == urlsplit(endpoint.default_base_url).hostname
