@@ -18,7 +18,7 @@ import pytest
 
 from emulator import RunningEmulator
 from emulator.completions import chat_completion
-from tasks import runner
+from tasks import runner, start
 from tasks.infra import crashpoints
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.table_io import TableSource
@@ -40,6 +40,9 @@ BATCHES = "/openai/v1/batches"
 FILES = "/openai/v1/files"
 REASONING_MODEL = "grok-4.20-0309-reasoning"
 JOB = {"provider": "openai", "model": "gpt-4o-mini", "prompt": "Classify: {{ text }}"}
+# For tests that read the batches' output and error files at the service after the run
+# (a run deletes them once collected otherwise).
+KEEP_FILES = {"keep_service_files": True}
 
 
 def run_pipeline(
@@ -138,7 +141,7 @@ def test_expired_batch_keeps_paid_rows_and_sends_only_the_rest_again(
     out = tmp_path / "out.parquet"
     summary, run_dir = run_pipeline(
         src,
-        build_job(None, {**JOB, "id_column": "id"}),
+        build_job(None, {**JOB, "id_column": "id", **KEEP_FILES}),
         tmp_path / "data",
         out,
         normal_deadline_from_round_two,
@@ -169,7 +172,10 @@ def test_expiry_on_the_last_attempt_ends_the_rest_expired(
     src = write_csv(tmp_path / "in.csv", review_rows(40))
     out = tmp_path / "out.parquet"
     summary, run_dir = run_pipeline(
-        src, build_job(None, {**JOB, "id_column": "id", "max_attempts": 1}), tmp_path / "data", out
+        src,
+        build_job(None, {**JOB, "id_column": "id", "max_attempts": 1, **KEEP_FILES}),
+        tmp_path / "data",
+        out,
     )
     (batch,) = openai_batches(openai_emulator)
     paid = {line["custom_id"] for line in file_lines(openai_emulator, batch.output_file_id)}
@@ -192,7 +198,10 @@ def test_completed_with_every_row_in_the_error_file_fails_rows_after_all_attempt
     src = write_csv(tmp_path / "in.csv", review_rows(20))
     out = tmp_path / "out.parquet"
     summary, _ = run_pipeline(
-        src, build_job(None, {**JOB, "id_column": "id", "max_attempts": 3}), tmp_path / "data", out
+        src,
+        build_job(None, {**JOB, "id_column": "id", "max_attempts": 3, **KEEP_FILES}),
+        tmp_path / "data",
+        out,
     )
     batches = openai_batches(openai_emulator)
     assert len(batches) == 3 and summary.rounds == 3  # first round and two follow-ups
@@ -270,7 +279,7 @@ def test_catalogued_openai_model_gets_no_provider_mismatch_warning(
     ledger = Ledger(default_ledger_url(tmp_path / "data"))
     try:
         with caplog.at_level(logging.WARNING, logger="grok_batch"):
-            runner.start_run(
+            start.start_run(
                 TableSource(src),
                 build_job(None, JOB),
                 tmp_path / "data" / "runs",
