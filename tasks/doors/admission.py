@@ -112,10 +112,13 @@ def _admit(
     provider = make_provider(checked.job.provider, checked.job.base_url)  # no API key: refused here
     handle = prepare(ledger, checked, runs_root)
     with start.taken(ledger, handle, start.attempt_of(handle, output, origin="inbox")):
-        pass  # recorded as the inbox's run: checked, prepared, its output name held
-    home = start_home(checked, output)
+        # Recorded as the inbox's run (checked, prepared, its output name held) and its home
+        # started and named under the same lease: a collector pass never sees the run without
+        # its home and drives it itself (the home would then wait on the lease).
+        home = start_home(checked, output)
+        if home is not None:
+            ledger.update_run(key, flow_run_id=home)
     if home is not None:
-        ledger.update_run(key, flow_run_id=home)  # the collector sees it has a home from now on
         log.info(
             "%s is run %s (%s rows): its home is flow run %s", claimed.name, key, handle.plan.total_rows, home
         )
