@@ -9,7 +9,7 @@ results, an empty-string `error_file_id`, and `finalizing` that lasts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import openai
@@ -89,6 +89,31 @@ def normalize_line(item: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": custom_id, **completion_fields(body, reasoning_in_completion=True)}
 
 
+def jsonl_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a JSONL byte stream, split on LF only (a CR before it is dropped).
+    JSON leaves U+2028, U+2029, U+0085 and the other Unicode line breaks unescaped inside
+    strings, and `str.splitlines` and httpx's `iter_lines` split on them too, cutting a
+    record in two. A line longer than a chunk is joined once, not copied per chunk."""
+    parts: list[bytes] = []
+    for chunk in chunks:
+        pieces = chunk.split(b"\n")
+        if len(pieces) == 1:
+            parts.append(chunk)
+            continue
+        parts.append(pieces[0])
+        yield _without_cr(b"".join(parts))
+        for piece in pieces[1:-1]:
+            yield _without_cr(piece)
+        parts = [pieces[-1]]
+    tail = b"".join(parts)
+    if tail:
+        yield _without_cr(tail)
+
+
+def _without_cr(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\r") else line
+
+
 class OpenAIBatchProvider(SdkProvider):
     """OpenAI's Batch API. Base URL from OPENAI_BASE_URL, key from OPENAI_API_KEY."""
 
@@ -152,7 +177,7 @@ class OpenAIBatchProvider(SdkProvider):
         page: list[dict[str, Any]] = []
         try:
             with self.client.with_streaming_response.files.content(file_id) as response:
-                for line in response.iter_lines():
+                for line in jsonl_lines(response.iter_bytes()):
                     if not line.strip():
                         continue
                     page.append(normalize_line(orjson.loads(line)))
