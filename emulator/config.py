@@ -56,7 +56,10 @@ class EmulatorConfig:
     bill_factor: float = 1.0
     rate_429: float = 0.0
     rate_500: float = 0.0
-    drop_rate: float = 0.0  # connections closed without any response
+    drop_rate: float = 0.0  # connections closed without any response, before the request is handled
+    # Any request handled (and billed: a chat completion is paid), then the connection closed
+    # without the reply: what a client sees is the same as a `drop_rate` drop.
+    drop_after_handled_rate: float = 0.0
     drop_after_create_rate: float = 0.0  # batch created, then the reply is lost
     retry_after_s: float = 1.0
     error_shape: str = "object"  # "object" -> {code, message}; "string"

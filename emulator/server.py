@@ -3,7 +3,8 @@
 xAI's Batch protocol (xai_routes.py) answers under /v1, OpenAI's (openai_routes.py)
 under /openai/v1, and under /v1 too when EmulatorConfig.protocol is "openai".
 /_emulator/stats and /_emulator/config are for tests and people poking at it.
-Faults (429, 500, drops, auth) apply to both protocols, each answering in its own shape.
+Faults (429, 500, auth, and connections dropped before or after the request is handled)
+apply to both protocols, each answering in its own shape.
 """
 
 from __future__ import annotations
@@ -129,10 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
                 reply.status, error_body(protocol, reply.status, reply.message, reply.code, reply.param)
             )
             return
-        state.log(method, path, status)
-        if route == "/v1/batches" and method == "POST" and state.roll(config.drop_after_create_rate):
-            self.close_connection = True  # created, but the client never hears of it
+        created = route == "/v1/batches" and method == "POST" and state.roll(config.drop_after_create_rate)
+        if created or state.roll(config.drop_after_handled_rate):
+            state.log(method, path, status, replied=False)
+            self.close_connection = True  # done (and billed), but the client never hears of it
             return
+        state.log(method, path, status)
         if isinstance(payload, bytes):
             self._send_bytes(status, payload)
         elif isinstance(payload, RawJson):

@@ -18,8 +18,9 @@ class LoggedRequest(NamedTuple):
 
     method: str
     path: str
-    status: int  # 0 = connection dropped without a reply
+    status: int  # 0 = connection dropped without a reply, before the request was handled
     time: float
+    replied: bool = True  # False: handled (`status`), then the connection dropped without the reply
 
 
 @dataclass
@@ -71,22 +72,29 @@ class Store:
         with self.lock:
             return rate > 0 and self._rng.random() < rate
 
-    def log(self, method: str, path: str, status: int) -> None:
+    def log(self, method: str, path: str, status: int, replied: bool = True) -> None:
         with self.lock:
-            self.request_log.append(LoggedRequest(method, path, status, self.clock()))
+            self.request_log.append(LoggedRequest(method, path, status, self.clock(), replied))
 
-    def times(self, method: str, path: str, status: int | None = None) -> list[float]:
-        """Clock times of the requests to `method path` (exact path), optionally with a status."""
+    def times(
+        self, method: str, path: str, status: int | None = None, replied: bool | None = None
+    ) -> list[float]:
+        """Clock times of the requests to `method path` (exact path), optionally with a status
+        and only those whose reply was (`replied=True`) or was not (False) sent."""
         with self.lock:
             return [
                 entry.time
                 for entry in self.request_log
-                if entry.method == method and entry.path == path and status in (None, entry.status)
+                if entry.method == method
+                and entry.path == path
+                and status in (None, entry.status)
+                and replied in (None, entry.replied)
             ]
 
-    def count(self, method: str, path: str, status: int | None = None) -> int:
-        """How many requests hit `method path` (exact path), optionally with a status."""
-        return len(self.times(method, path, status))
+    def count(self, method: str, path: str, status: int | None = None, replied: bool | None = None) -> int:
+        """How many requests hit `method path` (exact path), optionally with a status; a
+        handled request counts with its status whether or not its reply got through."""
+        return len(self.times(method, path, status, replied))
 
     # -- files --------------------------------------------------------------
     def add_file(
