@@ -107,6 +107,19 @@ def status_text(exc: openai.APIStatusError) -> str:
     return str(body or exc.message)
 
 
+# The transport errors (httpx's or httpx2's, whichever the SDK runs on) raised before a
+# request can have left: no connection could be opened, or none was free in the pool.
+_NEVER_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout"})
+
+
+def never_sent(exc: openai.APIConnectionError) -> bool:
+    """Whether a call that got no reply surely never reached the service (safe to send
+    again). Anything else (a read error, a connection dropped or timing out after the
+    request went out) may have been handled and billed: the reply is lost, not the call."""
+    cause = exc.__cause__
+    return cause is not None and any(kind.__name__ in _NEVER_SENT for kind in type(cause).__mro__)
+
+
 def retry_delay(exc: Exception, attempt: int, cap_s: float = 8.0) -> float:
     """The service's Retry-After when it gives a sane one, else exponential backoff."""
     if isinstance(exc, openai.APIStatusError):

@@ -31,11 +31,11 @@ from tasks.lifecycle import BatchState, Step
 from tasks.money.estimate import answer_tokens
 from tasks.providers.base import BatchProvider
 from tasks.providers.completion import completion_fields
-from tasks.providers.sdk import retry_delay, status_text
+from tasks.providers.sdk import never_sent, retry_delay, status_text
 from tasks.stages.collect import UNSENT_CANCELLED, AnswerCheck, write_results
 from tasks.stages.prepare import BYTES_PER_TOKEN
 
-_TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+_TRANSIENT = (openai.RateLimitError, openai.InternalServerError)  # answered: nothing was done
 _FATAL = (openai.AuthenticationError, openai.PermissionDeniedError)  # every row would fail alike
 
 
@@ -79,7 +79,14 @@ def _requests(shard_path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
 class _Asker:
     """Sends one request with pacing and retries; returns its normalized record fields.
     Only a refused key escapes (every row would fail alike); anything else that goes
-    wrong with one request becomes that row's failed record, so no paid answer is lost."""
+    wrong with one request becomes that row's failed record, so no paid answer is lost.
+
+    Retried at once (with backoff): 429 and 5xx replies, and a request that never left (no
+    connection could be opened). Never resent in the same round: a request that may have
+    reached the service and whose reply was lost (the connection dropped or timed out after
+    it was sent), because the service may have answered and billed it. Its row fails
+    retryable and the next round sends it again, so every request reaching the service is
+    either journaled or counted as one attempt of its row."""
 
     def __init__(self, provider: BatchProvider, limits: SyncLimits, limiter: RateLimiter) -> None:
         # Retries are paced here; a long read timeout, because a timed-out request may
@@ -106,12 +113,12 @@ class _Asker:
                 raise ProviderError(
                     f"chat completion refused: HTTP {exc.status_code}: {status_text(exc)}"
                 ) from None
-            except openai.APITimeoutError:
-                return _failed(
-                    f"no reply within {self.limits.timeout_s:.0f} s; the service may still have answered "
-                    "(and billed) it",
-                    retryable=True,
-                )
+            except openai.APIConnectionError as exc:
+                if not never_sent(exc):  # it may have been answered and billed: next round, not now
+                    return _failed(self._reply_lost(exc), retryable=True)
+                last_error = f"cannot connect: {type(exc.__cause__).__name__}: {exc.__cause__}"
+                time.sleep(retry_delay(exc, attempt, cap_s=self.limits.max_retry_wait_s))
+                continue
             except _TRANSIENT as exc:
                 last_error = status_text(exc) if isinstance(exc, openai.APIStatusError) else str(exc)
                 delay = retry_delay(exc, attempt, cap_s=self.limits.max_retry_wait_s)
@@ -126,6 +133,14 @@ class _Asker:
                 return _failed(f"the reply holds no completion: {str(reply)[:200]}", retryable=True)
             return completion_fields(reply, reasoning_in_completion=self.reasoning_in_completion)
         return _failed(f"no answer after {self.limits.max_tries} tries: {last_error}", retryable=True)
+
+    def _reply_lost(self, exc: openai.APIConnectionError) -> str:
+        if isinstance(exc, openai.APITimeoutError):
+            lost = f"no reply within {self.limits.timeout_s:.0f} s"
+        else:
+            cause = exc.__cause__ or exc
+            lost = f"the connection was lost after the request was sent ({type(cause).__name__}: {cause})"
+        return f"{lost}; the service may have answered (and billed) it: not sent again in this round"
 
 
 def _failed(error: str, *, retryable: bool) -> dict[str, Any]:
