@@ -1,9 +1,9 @@
-"""The `run-batch-job` and `resume-batch-job` flows: thin wrappers that resolve settings,
-hold the run's lease and drive it with the stage tasks (tasks.doors.drive).
+"""The `run-batch-job` and `resume-batch-job` flows: thin wrappers over the one code path
+of every door (`tasks.doors.drive.run_job` / `resume_job`) with the stage tasks.
 
-With `wait=True` (the CLI's default) the flow waits in-process with a bounded poll loop
-and backoff; with `wait=False` it submits and returns, leaving the run open in the
-ledger for `grok-batch resume` or a collector to finish.
+Deployed, a run-job is its job's home: it submits, suspends while the service works, and
+is resumed to collect and join. Called in a process (the CLI with a Prefect server, a
+notebook) it waits there with a bounded poll loop and backoff (`local_wait`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,26 +24,30 @@ from flows.artifacts import ProgressArtifact, progress_text
 from flows.events import emit_run_event
 from flows.stages import advance_with_tasks, finish_and_publish, prepare_task
 from flows.wakeups import book_collector, current_flow_run_id, deployed, next_delay_s
-from tasks import runner, start
+from tasks import runner
 from tasks.doors import inbox
 from tasks.doors.admission import settle_dropped_file
-from tasks.doors.control import find_run
-from tasks.doors.drive import WaitPolicy, drive
+from tasks.doors.drive import Driver, WaitPolicy, resume_job, run_job, waiting_driver
 from tasks.infra.errors import GrokBatchError, ProviderError
-from tasks.infra.ledger import Attempt, Ledger, default_ledger_url
+from tasks.infra.ledger import Ledger
 from tasks.infra.run_layout import data_root as data_root_of
 from tasks.infra.table_io import TableSource
 from tasks.lifecycle import RunState
 from tasks.providers.base import BatchProvider
-from tasks.providers.registry import make_provider
 from tasks.spec.job import JobSpec
 
 # Listeners get every Progress (the CLI draws a progress bar with them).
 progress_listeners: list[Callable[[runner.Progress], None]] = []
 
 
-def default_output(input_path: Path, data_dir: Path) -> Path:
-    return data_dir / "outbox" / f"{input_path.stem}.parquet"
+@contextmanager
+def listening(listener: Callable[[runner.Progress], None]) -> Iterator[None]:
+    """Hand every Progress of the runs in this block to `listener` too."""
+    progress_listeners.append(listener)
+    try:
+        yield
+    finally:
+        progress_listeners.remove(listener)
 
 
 class _CatalogModels:
@@ -108,62 +111,45 @@ def run_batch_job(
         data_dir: Where runs and the ledger live (default $GROK_BATCH_DATA_DIR, else data).
         encoding: Text encoding of a CSV input.
     """
-    logger = get_run_logger()
     data_root = data_root_of(data_dir)
-    source = TableSource(Path(input_path), encoding=encoding)
-    output_path = Path(output or job.output or default_output(source.path, data_root))
-    runs_root = data_root / "runs"
-    # Every check before the ledger and the service: a refused command changes nothing.
-    checked = start.check(source, job, output_path, overwrite)
-    provider = make_provider(checked.job.provider, checked.job.base_url)  # no API key: stops here
-    ledger = Ledger(default_ledger_url(data_root))
-    took_over = False
-    try:
-        handle = prepare_task(ledger, checked, runs_root)
-        attempt = _attempt(handle, output_path, overwrite, data_root)
+    here = _waiting_driver(_LOCAL_WAIT.get() or WaitPolicy())
+
+    def driver(
+        ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle, output_path: Path, overwrite: bool
+    ) -> dict[str, Any]:
+        if deployed() and handle.plan.mode != "sync":
+            return _advance_or_wait(ledger, provider, handle, output_path, overwrite)
+        # in-process: the CLI, a notebook, a sync run (its work is here)
+        return here(ledger, provider, handle, output_path, overwrite)
+
+    result = run_job(
+        TableSource(Path(input_path), encoding=encoding),
+        job,
+        Path(output) if output else None,
+        overwrite,
+        data_root,
+        driver,
+        prepare=prepare_task,
+        origin="deployment" if deployed() else "cli",
+        requested_by=f"flow run {current_flow_run_id()}" if deployed() else None,
         # A resumed run may start while the pass that woke it is finishing with the run.
-        with start.taken(ledger, handle, attempt, wait_s=30.0 if deployed() else 0.0):
-            took_over = True
-            logger.info(
-                "run %s: %s rows, %s shard(s), mode %s%s",
-                handle.run_key,
-                handle.plan.total_rows,
-                len(handle.plan.shards),
-                handle.plan.mode,
-                f" (auto: sync up to {job.auto_sync_max_rows} rows)" if job.mode == "auto" else "",
-            )
-            if deployed() and handle.plan.mode != "sync":
-                result = _advance_or_wait(ledger, provider, handle, output_path, overwrite)
-            else:  # in-process: the CLI, a notebook, a sync run (its work is here)
-                policy = _LOCAL_WAIT.get() or WaitPolicy()
-                result = _drive(ledger, provider, handle, output_path, overwrite, policy)
-    except Exception as exc:
-        run = ledger.run(checked.run_key) if took_over else None
-        if run is not None:  # refused before it took the run over: nothing changed, nothing to chain on
-            emit_run_event("failed", run, {"error": str(exc)[:500]})
-            if deployed() and isinstance(exc, GrokBatchError) and not isinstance(exc, ProviderError):
-                # The same verdict as the collector's: a person must look; the service errors
-                # keep the run open for the next try.
-                if run["state"] in (RunState.OPEN, RunState.COMPLETE):
-                    ledger.update_run(run["run_key"], state=RunState.FAILED)
-                settle_dropped_file(ledger, run, inbox.InboxLayout.under(data_root), exc)
-        raise
-    finally:
-        ledger.close()
+        lease_wait_s=30.0 if deployed() else 0.0,
+        on_failed=_on_failed,
+        log=get_run_logger(),
+    )
     if result["state"] == "waiting":
         suspend_flow_run(key=f"wait-{time.time_ns()}")  # the process exits; resumed from the top
     return result
 
 
-def _attempt(handle: runner.RunHandle, output_path: Path, overwrite: bool, data_root: Path) -> Attempt:
-    """This flow run's request: a file in the inbox's processing folder came through the inbox;
-    a deployed run is asked for by its flow run (every resume is the same request)."""
-    processing = inbox.InboxLayout.under(data_root).processing.resolve()
-    origin = "inbox" if Path(handle.input).parent == processing else "deployment" if deployed() else "cli"
-    attempt = start.attempt_of(handle, output_path, overwrite, origin)
-    if deployed():
-        attempt = replace(attempt, requested_by=f"flow run {current_flow_run_id()}")
-    return attempt
+def _on_failed(ledger: Ledger, run: dict[str, Any], exc: Exception) -> None:
+    emit_run_event("failed", run, {"error": str(exc)[:500]})
+    if deployed() and isinstance(exc, GrokBatchError) and not isinstance(exc, ProviderError):
+        # The same verdict as the collector's: a person must look; the service errors keep
+        # the run open for the next try.
+        if run["state"] in (RunState.OPEN, RunState.COMPLETE):
+            ledger.update_run(run["run_key"], state=RunState.FAILED)
+        settle_dropped_file(ledger, run, inbox.InboxLayout.under(Path(run["run_dir"]).parent.parent), exc)
 
 
 def _layout_of(handle: runner.RunHandle) -> inbox.InboxLayout:
@@ -212,43 +198,31 @@ def resume_batch_job(
     max_wait_s: float = 26 * 3600.0,
 ) -> dict[str, Any]:
     """Continue a run recorded in the ledger (after a crash, --no-wait, or a wait limit)."""
-    ledger = Ledger(default_ledger_url(data_root_of(data_dir)))
-    try:
-        run = find_run(ledger, run_key)
-        handle = runner.handle_for(ledger, run["run_key"])
-        output_path = Path(output or run["output_path"])
-        runner.check_output_path(output_path, overwrite)
-        provider = make_provider(handle.job.provider, handle.job.base_url)
-        with ledger.lease(handle.run_key):
-            policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
-            return _drive(ledger, provider, handle, output_path, overwrite, policy)
-    finally:
-        ledger.close()
+    policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
+    return resume_job(
+        data_root_of(data_dir), run_key, Path(output) if output else None, overwrite, _waiting_driver(policy)
+    )
 
 
-def _drive(
-    ledger: Ledger,
-    provider: BatchProvider,
-    handle: runner.RunHandle,
-    output_path: Path,
-    overwrite: bool,
-    policy: WaitPolicy,
-) -> dict[str, Any]:
-    artifact = ProgressArtifact(handle.run_key)
+def _waiting_driver(policy: WaitPolicy) -> Driver:
+    """Waits in this process with the stage tasks, publishing progress on this flow run."""
+    artifacts: dict[str, ProgressArtifact] = {}
 
-    def on_progress(progress: runner.Progress) -> None:
-        artifact(progress)
+    def on_progress(progress: runner.Progress, run_key: str) -> None:
+        if run_key not in artifacts:
+            artifacts[run_key] = ProgressArtifact(run_key)
+        artifacts[run_key](progress)
         for listener in progress_listeners:
             listener(progress)
 
-    return drive(
-        ledger,
-        provider,
-        handle,
-        output_path,
-        overwrite,
-        policy,
-        advance=advance_with_tasks,
-        finish=finish_and_publish,
-        on_progress=on_progress,
-    )
+    def driver(
+        ledger: Ledger, provider: BatchProvider, handle: runner.RunHandle, output_path: Path, overwrite: bool
+    ) -> dict[str, Any]:
+        return waiting_driver(
+            policy,
+            advance=advance_with_tasks,
+            finish=finish_and_publish,
+            on_progress=lambda progress: on_progress(progress, handle.run_key),
+        )(ledger, provider, handle, output_path, overwrite)
+
+    return driver

@@ -16,6 +16,8 @@ def quiet_prefect_defaults() -> None:
     imported, so this runs before any command imports it; calling it again changes nothing."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if "PREFECT_API_URL" in os.environ and not os.environ["PREFECT_API_URL"].strip():
+        del os.environ["PREFECT_API_URL"]  # set but empty means none, not a URL Prefect chokes on
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
     for name in _PREFECT_RUN_LOGGERS:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flows.cli.options import DATA_DIR, DataDir
-from flows.cli.render import console, fail, run_with_progress, show_preview, show_result
+from flows.cli.render import ProgressListener, console, fail, run_with_progress, show_preview, show_result
 from tasks.infra.errors import GrokBatchError
 
 if TYPE_CHECKING:
@@ -148,14 +148,15 @@ def demo(
 
 
 def _run_sample_job(samples: Path, output: Path, scratch: Path) -> dict[str, Any]:
-    from flows.run_job import local_wait, run_batch_job
+    from flows.run_job import listening, local_wait, run_batch_job
     from tasks.doors.drive import WaitPolicy
     from tasks.spec.job import build_job
 
     spec = build_job(samples / "reviews.job.yaml")
 
-    def call() -> dict[str, Any]:
-        with local_wait(WaitPolicy(poll_interval_s=0.5, max_poll_interval_s=2.0, max_wait_s=300)):
+    def call(on_progress: ProgressListener) -> dict[str, Any]:
+        policy = WaitPolicy(poll_interval_s=0.5, max_poll_interval_s=2.0, max_wait_s=300)
+        with local_wait(policy), listening(on_progress):
             return run_batch_job(
                 input_path=str(samples / "reviews.csv"),
                 job=spec,

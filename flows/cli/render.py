@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,11 +24,18 @@ err_console = Console(stderr=True)
 
 def fail(exc: Exception) -> NoReturn:
     """One red line on stderr and exit code 2: how the CLI reports an error the user can act on."""
-    err_console.print(f"[bold red]error:[/] {exc}")
+    # Not wrapped by us (a path or command in it stays one piece to copy), not read as markup.
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
+ProgressListener = Callable[[Any], None]
+
+
 class ProgressBar:
+    """A progress bar that appears with the first progress a run reports: a command refused
+    by its checks prints its error alone, with no empty bar before it."""
+
     def __init__(self) -> None:
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -38,8 +46,12 @@ class ProgressBar:
             transient=False,
         )
         self.task = self.bar.add_task("preparing", total=None)
+        self.started = False
 
     def __call__(self, progress: Any) -> None:
+        if not self.started:
+            self.bar.start()
+            self.started = True
         states = ", ".join(f"{n} {s}" for s, n in sorted(progress.states.items()))
         self.bar.update(
             self.task,
@@ -48,22 +60,21 @@ class ProgressBar:
             total=progress.requests,
         )
 
+    def stop(self) -> None:
+        if self.started:
+            self.bar.stop()
 
-def run_with_progress(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Call a flow with a progress bar fed by its progress listeners."""
-    from flows import run_job
 
+def run_with_progress(call: Callable[[ProgressListener], dict[str, Any]]) -> dict[str, Any]:
+    """Run a command's `call`, drawing the progress it reports to the listener it is given."""
     bar = ProgressBar()
-    run_job.progress_listeners.append(bar)
     try:
-        with bar.bar:
-            result = call()
+        return call(bar)
     finally:
-        run_job.progress_listeners.remove(bar)
-    return result
+        bar.stop()
 
 
-def run_and_show(call: Callable[[], dict[str, Any]], data_dir: Path) -> None:
+def run_and_show(call: Callable[[ProgressListener], dict[str, Any]], data_dir: Path) -> None:
     try:
         result = run_with_progress(call)
     except GrokBatchError as exc:

@@ -25,8 +25,9 @@ from flows.cli.options import (
     Provider,
     job_spec,
 )
-from flows.cli.render import fail, run_and_show, show_estimate
+from flows.cli.render import ProgressListener, fail, run_and_show, show_estimate
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.prefect_config import prefect_server
 
 if TYPE_CHECKING:
     from tasks.spec.job import JobSpec
@@ -107,11 +108,29 @@ def run(
     if dry_run:
         _estimate(input_path, spec, data_dir, encoding)
         return
-    from flows.run_job import local_wait, run_batch_job
-    from tasks.doors.drive import WaitPolicy
+    from tasks.doors.drive import WaitPolicy, check_command, run_job, waiting_driver
+    from tasks.infra.table_io import TableSource
 
-    def call() -> dict[str, Any]:
-        with local_wait(WaitPolicy(wait, poll_interval, max_wait_s=max_wait)):
+    source = TableSource(input_path, encoding=encoding)
+    policy = WaitPolicy(wait, poll_interval, max_wait_s=max_wait)
+    if not prefect_server():
+        # No Prefect server configured: the same stages, run here, with no server to start.
+        run_and_show(
+            lambda on_progress: run_job(
+                source, spec, output, overwrite, data_dir, waiting_driver(policy, on_progress=on_progress)
+            ),
+            data_dir,
+        )
+        return
+    try:
+        check_command(source, spec, output, overwrite, data_dir)  # before Prefect is touched
+    except GrokBatchError as exc:
+        fail(exc)
+
+    def call(on_progress: ProgressListener) -> dict[str, Any]:
+        from flows.run_job import listening, local_wait, run_batch_job
+
+        with local_wait(policy), listening(on_progress):
             return run_batch_job(
                 input_path=str(input_path),
                 job=spec,

@@ -10,22 +10,28 @@ import os
 from typing import Any
 
 from tasks.infra.errors import ProviderError
+from tasks.infra.prefect_config import block_may_exist
 
 
 def resolve_api_key(env_var: str, secret_block: str) -> str:
     value = os.environ.get(env_var, "").strip()
     if value:
         return value
-    try:
-        from prefect.blocks.system import Secret
-
-        secret: Any = Secret.load(secret_block)
-        value = str(secret.get()).strip()
-    except Exception:
-        value = ""
+    if block_may_exist(secret_block):  # asking would start a Prefect server for nothing
+        value = _secret_block(secret_block)
     if value:
         return value
     raise ProviderError(
         f"no API key: set the environment variable {env_var}, or save a Prefect Secret block "
         f"named {secret_block!r} (prefect block create secret)"
     )
+
+
+def _secret_block(name: str) -> str:
+    try:
+        from prefect.blocks.system import Secret
+
+        secret: Any = Secret.load(name)
+        return str(secret.get()).strip()
+    except Exception:
+        return ""
