@@ -23,15 +23,16 @@ from tasks.infra.errors import InputError
 from tasks.infra.processes import process_alive
 from tasks.infra.records import MANIFEST_SCHEMA, OUTPUT_RESULT_COLUMNS, RESULT_SCHEMA, SUCCEEDED
 from tasks.infra.run_layout import RunPaths, RunPlan, ShardInfo, run_key, save_schema
-from tasks.infra.table_io import CsvColumnTypeError, TableSource, file_sha256
+from tasks.infra.table_io import TableSource, can_be_id, file_sha256, invalid_utf8
 from tasks.money.catalog import model_info
 from tasks.money.row_cache import KEY_TYPE, STORED_FIELDS, CacheIndex, cache_root, namespace, request_keys
 from tasks.spec.answer_schema import output_fields
 from tasks.spec.endpoints import server_url
-from tasks.spec.job import JobSpec
-from tasks.stages.shards import ShardWriter
+from tasks.spec.job import MAX_SHARD_LINES, JobSpec
+from tasks.stages.shards import ShardWriter, TooManyShardsError
 
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # xAI's per-request limit (reference §3)
+MAX_SHARDS = 10_000  # request files one run plans; more is a setting gone wrong (shard_max_lines: 10)
 # Prompt-size estimate for the context-window check: low on purpose (English runs ~4 bytes
 # a token), so a row is refused only when it surely cannot fit.
 BYTES_PER_TOKEN = 4
@@ -90,13 +91,17 @@ def make_custom_ids(prefix: str, row_index: pa.Array, ids: pa.Array | None) -> p
     if ids is None:
         return pc.binary_join_element_wise(prefix + "-", pc.cast(row_index, pa.string()), "")
     text = pc.cast(ids, pa.string())
-    safe = pc.match_substring_regex(text, _SAFE_ID)
+    unreadable = invalid_utf8(text)
+    if unreadable is not None:  # not UTF-8 (the row is rejected): never plain, hashed from its bytes
+        text = pc.if_else(unreadable, pa.scalar(None, pa.string()), text)
+    safe = pc.fill_null(pc.match_substring_regex(text, _SAFE_ID), False)
     plain = pc.binary_join_element_wise(prefix + "-", text, "")
     if pc.all(safe).as_py():
         return plain
+    raw = pc.cast(pc.cast(ids, pa.string()), pa.binary())
     hashed = [
-        None if ok else f"{prefix}~{hashlib.sha256(value.encode('utf-8')).hexdigest()[:24]}"
-        for ok, value in zip(safe.to_pylist(), text.to_pylist(), strict=True)
+        None if ok else f"{prefix}~{hashlib.sha256(value or b'').hexdigest()[:24]}"
+        for ok, value in zip(safe.to_pylist(), raw.to_pylist(), strict=True)
     ]
     return pc.if_else(safe, plain, pa.array(hashed, type=pa.string()))
 
@@ -163,25 +168,51 @@ def prepare_run(source: TableSource, job: JobSpec, runs_root: Path, input_sha: s
     paths = RunPaths(runs_root / key)
     if paths.plan.exists():
         return RunPlan.load(paths)
-    while True:
-        try:
-            return _prepare_once(source, job, paths, key, input_sha, cache_root(runs_root) / namespace(job))
-        except CsvColumnTypeError as exc:  # a later block broke the inferred type: read as text
-            source = source.with_text_column(exc.column)
-
-
-def _prepare_once(
-    source: TableSource, job: JobSpec, paths: RunPaths, key: str, input_sha: str, cache_folder: Path
-) -> RunPlan:
     schema = source.schema()
     label = str(source.path)
     job.template.check_schema(schema, label)
     check_result_columns(schema, job, label)
-    if job.id_column is not None and job.id_column not in schema.names:
+    _check_id_column(schema, job.id_column, label)
+    _check_shard_count(source.row_count(), job, label)
+    return _prepare_staged(source, job, schema, paths, key, input_sha, cache_root(runs_root) / namespace(job))
+
+
+def _check_id_column(schema: pa.Schema, column: str | None, label: str) -> None:
+    if column is None:
+        return
+    if column not in schema.names:
         raise InputError(
-            f"{label}: id_column {job.id_column!r} is not a column of the table. "
+            f"{label}: id_column {column!r} is not a column of the table. "
             f"Columns present: {', '.join(schema.names)}"
         )
+    kind = schema.field(column).type
+    if not can_be_id(kind):
+        raise InputError(
+            f"{label}: id_column {column!r} has type {kind}, which cannot be an id; "
+            "use a column of text or numbers"
+        )
+
+
+def _check_shard_count(rows: int | None, job: JobSpec, label: str) -> None:
+    """Refuse a table whose row count (where the file states it) surely needs more request
+    files than a run plans; the shard writer enforces the same limit on every other table."""
+    if rows is not None and -(-rows // job.shard_max_lines) > MAX_SHARDS:
+        raise InputError(
+            f"{label}: {rows:,} rows at shard_max_lines {job.shard_max_lines:,} need more than "
+            f"{MAX_SHARDS:,} request files, the most one run plans; raise shard_max_lines "
+            f"(at most {MAX_SHARD_LINES:,}) or split the table"
+        )
+
+
+def _prepare_staged(
+    source: TableSource,
+    job: JobSpec,
+    schema: pa.Schema,
+    paths: RunPaths,
+    key: str,
+    input_sha: str,
+    cache_folder: Path,
+) -> RunPlan:
     # One staging folder per process: `estimate` prepares without the run's lease, so two
     # processes may prepare the same run at once; the first to rename its folder wins.
     staging = paths.run_dir.with_name(f"{paths.run_dir.name}.staging-{os.getpid()}")
@@ -223,7 +254,7 @@ def _write_staged(
 ) -> RunPlan:
     label = str(source.path)
     staged.requests_dir.mkdir(parents=True)
-    writer = ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes)
+    writer = ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes, max_shards=MAX_SHARDS)
     head, middle, tail = request_line_parts(job)
     info = model_info(job.model, job.catalog_path)
     context_window = info.context_window if info else None
@@ -234,7 +265,7 @@ def _write_staged(
     hits: list[tuple[pa.Array, pa.Array]] = []  # (custom_ids, request_keys) answered before
     try:
         with pq.ParquetWriter(staged.manifest, MANIFEST_SCHEMA) as manifest:
-            for batch in source.batches():
+            for batch in source.batches(schema):
                 row_index = pa.array(np.arange(total, total + batch.num_rows, dtype=np.int64))
                 ids = None
                 if job.id_column is not None:
@@ -251,13 +282,19 @@ def _write_staged(
                 total += batch.num_rows
                 rejected += len(rendered.reject_reason) - rendered.reject_reason.null_count
                 prompt_tokens += rendered.prompt_tokens_estimate
+    except TooManyShardsError as exc:  # before the file past the limit is written
+        raise InputError(
+            f"{label}: the first {exc.lines:,} requests at shard_max_lines {job.shard_max_lines:,} "
+            f"already need more than {MAX_SHARDS:,} request files, the most one run plans; raise "
+            f"shard_max_lines (at most {MAX_SHARD_LINES:,}) or shard_max_bytes, or split the table"
+        ) from None
     finally:
         shards = writer.close()  # also on errors: no write left pending, no thread left
     if total == 0:
         raise InputError(f"{label} has a header but no data rows")
     if id_chunks:
         _check_unique_ids(pa.chunked_array(id_chunks), job.id_column or "", label)
-    save_schema(schema if source.format == "parquet" else _resolved_schema(source, schema), staged.schema)
+    save_schema(schema, staged.schema)
     cached_rows = _write_cached(staged, cache, hits) if cache is not None else 0
     plan = RunPlan(
         run_key=key,
@@ -306,11 +343,6 @@ def _write_cached(staged: RunPaths, cache: CacheIndex, hits: list[tuple[pa.Array
     return n
 
 
-def _resolved_schema(source: TableSource, inferred: pa.Schema) -> pa.Schema:
-    fields = [pa.field(f.name, pa.string()) if f.name in source.text_columns else f for f in inferred]
-    return pa.schema(fields)
-
-
 def _render_batch(
     batch: pa.RecordBatch,
     job: JobSpec,
@@ -324,6 +356,7 @@ def _render_batch(
 ) -> _Rendered:
     head, middle, tail = line_parts
     custom_ids = make_custom_ids(prefix, row_index, ids)
+    batch, unreadable = _unreadable_cells(batch, job.template.columns, ids, job.id_column)
     prompts = job.template.render(batch)
     lines = pc.binary_join_element_wise(head, custom_ids, middle, json_escape(prompts), tail, "")
     reasons = pc.if_else(
@@ -341,6 +374,8 @@ def _render_batch(
         )
     empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
     reasons = pc.if_else(empty, "empty prompt: the template rendered no text for this row", reasons)
+    if unreadable is not None:  # last: its cells were blanked, so the prompt may look empty
+        reasons = pc.coalesce(unreadable, reasons)
     valid = pc.is_null(reasons)
     keys = pc.if_else(valid, request_keys(prompts), pa.scalar(None, KEY_TYPE))
     cached = pc.and_(valid, cache.hits(keys)) if cache is not None else pa.array(np.zeros(len(keys), bool))
@@ -352,6 +387,32 @@ def _render_batch(
     shard_array = pc.if_else(keep, pa.array(shard, type=pa.int32()), pa.scalar(None, pa.int32()))
     tokens = int(pc.sum(pc.filter(estimated, keep)).as_py() or 0)
     return _Rendered(custom_ids, row_index, shard_array, reasons, keys, cached, tokens)
+
+
+def _unreadable_cells(
+    batch: pa.RecordBatch, template_columns: list[str], ids: pa.Array | None, id_column: str | None
+) -> tuple[pa.RecordBatch, pa.Array | None]:
+    """The reason of each row holding text that is not valid UTF-8 in a column the run reads
+    (the first such column names it; null elsewhere), and the batch with those template cells
+    blanked so the rest of the rows render: a line holding such bytes is not JSON, and the
+    service would refuse the whole file for it."""
+    reasons: pa.Array | None = None
+    columns = [(name, batch.column(name)) for name in template_columns]
+    if ids is not None and id_column not in template_columns:
+        columns.append((id_column or "", ids))
+    for name, column in columns:
+        bad = invalid_utf8(column)
+        if bad is None:
+            continue
+        reason = pc.if_else(
+            bad, f"column {name!r} holds text that is not valid UTF-8", pa.scalar(None, pa.string())
+        )
+        reasons = reason if reasons is None else pc.coalesce(reasons, reason)
+        if name in template_columns:
+            blanked = pc.if_else(bad, pa.scalar(None, pa.large_binary()), pc.cast(column, pa.large_binary()))
+            index = batch.schema.get_field_index(name)
+            batch = batch.set_column(index, name, pc.cast(blanked, pa.large_string()))
+    return batch, reasons
 
 
 def _check_no_null_ids(ids: pa.Array, offset: int, column: str, label: str) -> None:
@@ -369,7 +430,8 @@ def _check_unique_ids(ids: pa.ChunkedArray, column: str, label: str) -> None:
     counts = pc.value_counts(ids)
     repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
     if len(repeated):
-        examples = ", ".join(repr(v["values"]) for v in repeated.to_pylist()[:5])
+        values = pc.cast(repeated.field("values")[:5], pa.binary()).to_pylist()
+        examples = ", ".join(repr(v.decode("utf-8", errors="replace")) for v in values)
         raise InputError(
             f"{label}: id_column {column!r} has {len(repeated)} duplicated value(s), e.g. {examples}; "
             "ids must be unique so every answer finds its row"

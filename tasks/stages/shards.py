@@ -14,19 +14,31 @@ import pyarrow as pa
 from tasks.infra.run_layout import RunPaths, ShardInfo
 
 
+class TooManyShardsError(Exception):
+    """The lines would need more shards than the writer may open."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__(f"{lines} lines need more shards than allowed")
+        self.lines = lines  # lines given so far, counting the first that found no shard
+
+
 class ShardWriter:
     """Appends request lines to shards, rolling over at the line and byte limits.
 
     The disk writes happen on one background thread (file writes release the GIL), so
     rendering the next record batch overlaps with writing this one; at most
-    `_MAX_PENDING` writes wait, which bounds the memory they hold.
+    `_MAX_PENDING` writes wait, which bounds the memory they hold. With `max_shards`, a
+    line that would open one shard more raises `TooManyShardsError` before that file is created.
     """
 
     _MAX_PENDING = 8
 
-    def __init__(self, paths: RunPaths, round_no: int, max_lines: int, max_bytes: int) -> None:
+    def __init__(
+        self, paths: RunPaths, round_no: int, max_lines: int, max_bytes: int, *, max_shards: int | None = None
+    ) -> None:
         self.paths, self.round_no = paths, round_no
-        self.max_lines, self.max_bytes = max_lines, max_bytes
+        self.max_lines, self.max_bytes, self.max_shards = max_lines, max_bytes, max_shards
+        self._written = 0  # lines in the shards before the current one
         self.shards: list[ShardInfo] = []
         self._handle: IO[bytes] | None = None
         self._lines = self._bytes = 0
@@ -39,6 +51,8 @@ class ShardWriter:
         self._pending.append(self._io.submit(call, *args))
 
     def _roll(self) -> None:
+        if self.max_shards is not None and len(self.shards) >= self.max_shards:
+            raise TooManyShardsError(self._written + self._lines + 1)
         self._close_current()
         shard_no = len(self.shards)
         path = self.paths.shard(self.round_no, shard_no)
@@ -51,6 +65,7 @@ class ShardWriter:
             self._submit(self._handle.close)  # after its pending writes: one ordered thread
             last = self.shards[-1]
             self.shards[-1] = ShardInfo(last.round_no, last.shard_no, last.path, self._lines, self._bytes)
+            self._written += self._lines
             self._handle = None
 
     def write(self, lines: pa.Array) -> np.ndarray:
