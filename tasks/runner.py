@@ -78,6 +78,8 @@ def check_output_path(output: Path, overwrite: bool) -> None:
     """Refuse before any work when the output would clobber a file or cannot be written."""
     if output.suffix.lower() not in (".parquet", ".pq"):
         raise InputError(f"output {output} must end in .parquet")
+    if output.is_dir():  # --overwrite replaces a file, never a folder
+        raise InputError(f"output {output} is a folder; name a .parquet file in it")
     if output.exists() and not overwrite:
         raise InputError(f"output {output} already exists; pass --overwrite to replace it")
     parent = output.parent if str(output.parent) else Path(".")

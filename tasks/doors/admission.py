@@ -46,6 +46,10 @@ def admit_settled(
     file names by what happened: submitted, duplicates, failed."""
     layout.ensure()
     outcome: dict[str, list[str]] = {"submitted": [], "duplicates": [], "failed": []}
+    recorded = {Path(r["input_path"]).resolve() for r in ledger.find_runs("") if r["origin"] == "inbox"}
+    for path in inbox.stranded(layout, recorded):
+        back = inbox.return_to_inbox(path, layout)
+        log.warning("%s was claimed by a scan that died before recording it; taken again", back.name)
     for table in inbox.settled_tables(layout.inbox, settle_s):
         claimed: inbox.Claimed | None = None
         try:

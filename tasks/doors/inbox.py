@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.infra.errors import GrokBatchError, InputError, JobSpecError
+from tasks.infra.processes import holder_is_dead, this_holder
 from tasks.infra.table_io import FORMATS, file_sha256
 from tasks.spec.job import JobSpec, build_job
 
@@ -129,10 +130,50 @@ def claim(table: Path, layout: InboxLayout) -> Claimed | None:
         os.rename(table, target)  # atomic within one file system: exactly one scanner wins
     except FileNotFoundError:
         return None
+    _claim_marker(target).write_text(this_holder(), encoding="utf-8")  # who prepares it, till recorded
     if own_job.exists():
         shutil.copy2(own_job, target.with_name(target.stem + JOB_SUFFIX))
         own_job.unlink()
     return Claimed(name=table.name, path=target, sha256=sha, job=job)
+
+
+def _claim_marker(processing_path: Path) -> Path:
+    return processing_path.with_name(f".{processing_path.name}.claimed-by")
+
+
+# A claim whose holder is on another machine is taken as dead after this long unrecorded
+# (on this machine a dead holder is seen at once).
+STRANDED_AFTER_S = 3600.0
+
+
+def stranded(layout: InboxLayout, recorded: set[Path], now: float | None = None) -> list[Path]:
+    """Claimed tables no run records and no live scan is preparing: their scan was killed
+    between the claim and the record, and nothing else would ever look at them again."""
+    if not layout.processing.is_dir():
+        return []
+    moment = time.time() if now is None else now
+    found = []
+    for path in sorted(layout.processing.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in FORMATS or path.resolve() in recorded:
+            continue
+        marker = _claim_marker(path)
+        holder = marker.read_text(encoding="utf-8").strip() if marker.exists() else ""
+        claimed_at = (marker if marker.exists() else path).stat().st_mtime
+        if holder_is_dead(holder) or moment - claimed_at > STRANDED_AFTER_S:
+            found.append(path)
+    return found
+
+
+def return_to_inbox(processing_path: Path, layout: InboxLayout) -> Path:
+    """Put a stranded claim back where it was dropped (with its own job), for the next scan."""
+    name = dropped_name(processing_path)
+    target = _free_path(layout.inbox, name)
+    job = processing_path.with_name(processing_path.stem + JOB_SUFFIX)
+    if job.exists():
+        shutil.move(job, _free_path(layout.inbox, Path(target.name).stem + JOB_SUFFIX))
+    shutil.move(processing_path, target)
+    _claim_marker(processing_path).unlink(missing_ok=True)
+    return target
 
 
 def dropped_name(processing_path: Path) -> str:
@@ -166,6 +207,7 @@ def archive(processing_path: Path, layout: InboxLayout) -> Path:
     """Move a finished input (and its job file) to archive/, never over another file."""
     target = _free_path(layout.archive, processing_path.name)
     shutil.move(processing_path, target)
+    _claim_marker(processing_path).unlink(missing_ok=True)
     job = processing_path.with_name(processing_path.stem + JOB_SUFFIX)
     if job.exists():
         shutil.move(job, _free_path(layout.archive, job.name))
@@ -178,6 +220,7 @@ def fail(path: Path, error: Exception | str, layout: InboxLayout) -> Path:
     target = _free_path(layout.failed, name)
     if path.exists():
         shutil.move(path, target)
+    _claim_marker(path).unlink(missing_ok=True)
     job = path.with_name(path.stem + JOB_SUFFIX)  # beside it, in the inbox or in processing/
     if job.exists():
         shutil.move(job, _free_path(layout.failed, Path(name).stem + JOB_SUFFIX))

@@ -6,10 +6,9 @@ paid call and the outcome right after it. SQLite by default; any SQLAlchemy URL
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tasks.infra.errors import GrokBatchError
-from tasks.infra.processes import process_alive
+from tasks.infra.processes import holder_is_dead, this_holder
 from tasks.lifecycle import RunState, Step, check_run_state, check_step
 
 metadata = sa.MetaData()
@@ -110,16 +109,6 @@ def default_ledger_url(data_dir: Path) -> str:
     return os.environ.get("GROK_BATCH_LEDGER_URL") or f"sqlite:///{(data_dir / 'ledger.sqlite').resolve()}"
 
 
-def this_holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _holder_is_dead(holder: str) -> bool:
-    """True for a holder process on this machine that no longer exists."""
-    host, _, pid = holder.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
-
-
 @dataclass(frozen=True)
 class BatchRow:
     batch_name: str
@@ -163,7 +152,13 @@ class Ledger:
     def ensure_run(self, run_key: str, run_dir: str, job_name: str, provider: str, attempt: Attempt) -> None:
         """Record a run the first time a command takes it (an existing run is left as it is:
         what a later command asks is recorded by `take_over`, under the lease)."""
-        now = time.time()
+        # A command starting the same run at the same moment may record it first: the same row.
+        with suppress(sa.exc.IntegrityError):
+            self._insert_run(run_key, run_dir, job_name, provider, attempt, time.time())
+
+    def _insert_run(
+        self, run_key: str, run_dir: str, job_name: str, provider: str, attempt: Attempt, now: float
+    ) -> None:
         with self.tx() as conn:
             if conn.execute(sa.select(runs_table.c.run_key).where(runs_table.c.run_key == run_key)).first():
                 return
@@ -318,7 +313,7 @@ class Ledger:
                 stale = conn.execute(
                     sa.select(runs_table.c.holder).where(runs_table.c.run_key == run_key)
                 ).scalar()
-                if stale and _holder_is_dead(stale):  # SIGKILLed on this machine: take over
+                if stale and holder_is_dead(stale):  # SIGKILLed on this machine: take over
                     taken = conn.execute(
                         runs_table.update()
                         .where(runs_table.c.run_key == run_key, runs_table.c.holder == stale)

@@ -1,9 +1,22 @@
-"""Whether a process is still there: how a dead lease holder or a dead prepare is told apart
-from a live one on this machine."""
+"""Whether a process is still there: how a dead lease holder, a dead prepare or a dead
+inbox claim is told apart from a live one on this machine."""
 
 from __future__ import annotations
 
 import os
+import socket
+
+
+def this_holder() -> str:
+    """This process, as leases and claims name it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True for a holder process on this machine that no longer exists (on another machine
+    nothing can be told: its lease expires instead)."""
+    host, _, pid = holder.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
 def process_alive(pid: int) -> bool:

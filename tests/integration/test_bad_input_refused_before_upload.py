@@ -19,7 +19,12 @@ JOB = {"model": "grok-4.3", "prompt": "Classify: {{ text }}"}
 
 
 def start(
-    path: Path, tmp: Path, job: dict | None = None, encoding: str = "utf-8", output: Path | None = None
+    path: Path,
+    tmp: Path,
+    job: dict | None = None,
+    encoding: str = "utf-8",
+    output: Path | None = None,
+    overwrite: bool = False,
 ):
     ledger = Ledger(default_ledger_url(tmp / "data"))
     try:
@@ -29,6 +34,7 @@ def start(
             tmp / "data" / "runs",
             ledger,
             output or tmp / "out.parquet",
+            overwrite,
         )
     finally:
         ledger.close()
@@ -154,6 +160,10 @@ def test_output_that_exists_or_cannot_be_written(tmp_path: Path, emulator: Runni
         start(path, tmp_path, output=blocker / "out.parquet")
     with pytest.raises(GrokBatchError, match=r"must end in .parquet"):
         start(path, tmp_path, output=tmp_path / "out.csv")
+    folder = tmp_path / "folder.parquet"
+    folder.mkdir()
+    with pytest.raises(GrokBatchError, match=r"folder.parquet is a folder; name a .parquet file in it"):
+        start(path, tmp_path, output=folder, overwrite=True)  # was: paid, then failed at the join
     assert existing.read_bytes() == b"keep me"
     assert emulator.state.request_log == []
 

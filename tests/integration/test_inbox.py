@@ -148,3 +148,47 @@ def test_symlinks_default_named_tables_and_broken_templates(
     assert "unsafe" in (data / "failed" / "evil.error.md").read_text()
     assert (inbox / "default.job.yaml").exists()  # the shared job stays for the next drop
     assert secret.read_text().startswith("text")
+
+
+def test_a_claim_whose_scan_died_before_recording_it_is_taken_again(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    import subprocess
+    import sys
+
+    from tasks.doors import inbox
+    from tasks.infra.processes import this_holder
+
+    data = tmp_path / "data"
+    table = drop(data / "inbox", "orphan.csv", [{"text": f"thing {i}"} for i in range(5)])
+    layout = inbox.InboxLayout.under(data)
+    layout.ensure()
+    claimed = inbox.claim(table, layout)  # the scan that claimed it is then SIGKILLed:
+    assert claimed is not None
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = this_holder().rpartition(":")[0]
+    marker = claimed.path.with_name(f".{claimed.path.name}.claimed-by")
+    marker.write_text(f"{host}:{dead.stdout.strip()}")  # its holder is gone; no ledger row names it
+
+    assert scan_inbox(data_dir=str(data), settle_s=1)["submitted"] == ["orphan.csv"]
+    collect_until_idle(data)
+    assert pq.read_table(data / "outbox" / "orphan.parquet").num_rows == 5
+    assert [p.name for p in (data / "processing").iterdir()] == []
+    assert emulator.state.count("POST", "/v1/batches", 200) == 1
+
+
+def test_a_claim_a_live_scan_is_still_preparing_is_left_alone(tmp_path: Path) -> None:
+    from tasks.doors import inbox
+
+    data = tmp_path / "data"
+    table = drop(data / "inbox", "busy.csv", [{"text": "x"}])
+    layout = inbox.InboxLayout.under(data)
+    layout.ensure()
+    claimed = inbox.claim(table, layout)  # claimed by this (live) process, not recorded yet
+    assert claimed is not None
+    assert inbox.stranded(layout, recorded=set()) == []
+    assert inbox.stranded(layout, recorded=set(), now=time.time() + inbox.STRANDED_AFTER_S + 1) == [
+        claimed.path
+    ]

@@ -107,3 +107,31 @@ def test_pipeline_runs_on_the_configured_ledger(
     ledger = Ledger(ledger_url)
     assert ledger.run(summary.run_key)["state"] == "finished"
     ledger.close()
+
+
+def test_the_same_run_started_at_the_same_moment_is_recorded_once(ledger_url: str) -> None:
+    """Many first starts of the same runs at once: no IntegrityError reaches a command."""
+    import threading
+
+    ledgers = [Ledger(ledger_url) for _ in range(6)]
+    errors: list[BaseException] = []
+    for key in (f"race-{i}" for i in range(15)):
+        barrier = threading.Barrier(len(ledgers))
+
+        def start(ledger: Ledger, key: str = key, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                ledger.ensure_run(key, f"/runs/{key}", "job", "xai", Attempt("/in.csv", "/out.parquet"))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(ledger,)) for ledger in ledgers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert ledgers[0].run(key) is not None
+    assert errors == []
+    assert len(ledgers[0].find_runs("race-")) == 15
+    for ledger in ledgers:
+        ledger.close()
