@@ -78,6 +78,15 @@ class BatchBook(ABC, Generic[B]):
             self.order.append(batch.batch_id)
             return batch
 
+    def forget(self, batch_id: str) -> bool:
+        """Drop a batch as if the service had deleted it (after its retention): every route
+        naming it answers 404 from now on. False when there is no such batch."""
+        with self.store.lock:
+            if self.batches.pop(batch_id, None) is None:
+                return False
+            self.order.remove(batch_id)
+            return True
+
     def advance(self, batch: B) -> None:
         """Parse the input file once its parse time has come (counters stay 0 until then)."""
         store = self.store

@@ -2,7 +2,8 @@
 
 xAI's Batch protocol (xai_routes.py) answers under /v1, OpenAI's (openai_routes.py)
 under /openai/v1, and under /v1 too when EmulatorConfig.protocol is "openai".
-/_emulator/stats and /_emulator/config are for tests and people poking at it.
+/_emulator/stats, /_emulator/config and /_emulator/forget (a batch the service no longer
+knows: `{"batch_id": ...}`) are for tests and people poking at it.
 Faults (429, 500, auth, and connections dropped before or after the request is handled)
 apply to both protocols, each answering in its own shape.
 """
@@ -49,6 +50,10 @@ class ServiceState(Store):
     @property
     def batch_order(self) -> list[str]:
         return self.xai.order
+
+    def forget_batch(self, batch_id: str) -> bool:
+        """The service forgets a batch of either protocol (GET and every other route: 404)."""
+        return self.xai.forget(batch_id) or self.openai.forget(batch_id)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -157,6 +162,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(400, {"error": str(exc)})
                 return
             self._send_json(200, {"ok": True})
+        elif path == "/_emulator/forget" and method == "POST":
+            try:
+                batch_id = str(json.loads(body or b"{}")["batch_id"])
+            except (KeyError, ValueError, TypeError):
+                self._send_json(400, {"error": 'the body must be {"batch_id": "..."}'})
+                return
+            if state.forget_batch(batch_id):
+                self._send_json(200, {"forgotten": batch_id})
+            else:
+                self._send_json(404, {"error": f"no batch {batch_id}"})
         else:
             self._send_json(404, {"error": f"no admin route {method} {path}"})
 
@@ -193,6 +208,9 @@ class RunningEmulator:
 
     def configure(self, **changes: Any) -> None:
         self.state.configure(changes)
+
+    def forget_batch(self, batch_id: str) -> bool:
+        return self.state.forget_batch(batch_id)
 
     def start(self) -> RunningEmulator:
         self._thread.start()

@@ -29,6 +29,9 @@ class BatchState(StrEnum):
     REJECTED = "rejected"  # the service refused the file; its message says why
     CANCELLED = "cancelled"
     EXPIRED = "expired"  # the deadline passed with requests still pending
+    # The service no longer knows the batch (HTTP 404): nothing more can be read or cancelled;
+    # its rows without an outcome go to the next round like any retryable failure.
+    GONE = "gone"
 
     @property
     def terminal(self) -> bool:

@@ -152,17 +152,27 @@ class OpenAIBatchProvider(SdkProvider):
             page = self._call("listing batches", page.get_next_page)
         return None
 
-    def _batch(self, batch_id: str) -> dict[str, Any]:
-        batch = self._call(f"reading batch {batch_id}", lambda: self.client.batches.retrieve(batch_id))
-        return dict(batch.model_dump())
+    def _batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch object, or None when the service no longer knows it (HTTP 404)."""
+        batch = self._call(
+            f"reading batch {batch_id}",
+            lambda: self.client.batches.retrieve(batch_id),
+            if_missing=lambda: None,
+        )
+        return None if batch is None else dict(batch.model_dump())
+
+    def _list_one_batch(self) -> None:
+        self.client.batches.list(limit=1)
 
     def get_status(self, batch_id: str) -> BatchStatus:
-        return batch_status_from_openai(self._batch(batch_id))
+        data = self._batch(batch_id)
+        return self.gone(batch_id) if data is None else batch_status_from_openai(data)
 
     def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
         """Pages of normalized records from the output file, then the error file. Read
-        whatever the batch holds: an expired or cancelled batch still has paid results."""
-        data = self._batch(batch_id)
+        whatever the batch holds: an expired or cancelled batch still has paid results
+        (one the service no longer knows has none to read)."""
+        data = self._batch(batch_id) or {}
         for key in ("output_file_id", "error_file_id"):
             file_id = data.get(key)
             if file_id:  # None, or "" on some servers when there were no errors
@@ -170,7 +180,7 @@ class OpenAIBatchProvider(SdkProvider):
 
     def result_files(self, batch_id: str) -> list[str]:
         """The batch's output and error files (either may be missing, or "" on some servers)."""
-        data = self._batch(batch_id)
+        data = self._batch(batch_id) or {}
         return [str(data[key]) for key in ("output_file_id", "error_file_id") if data.get(key)]
 
     def _file_pages(self, file_id: str) -> Iterator[list[dict[str, Any]]]:
@@ -198,4 +208,9 @@ class OpenAIBatchProvider(SdkProvider):
             yield page
 
     def cancel(self, batch_id: str) -> None:
-        self._call(f"cancelling batch {batch_id}", lambda: self.client.batches.cancel(batch_id))
+        """Cancel a batch; one the service no longer knows (404) has nothing left to cancel."""
+        self._call(
+            f"cancelling batch {batch_id}",
+            lambda: self.client.batches.cancel(batch_id),
+            if_missing=lambda: None,
+        )

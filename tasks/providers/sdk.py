@@ -8,6 +8,7 @@ Retry-After; batch creation is the exception (see `create_once`).
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ import orjson
 
 from tasks.infra.errors import ProviderError
 from tasks.infra.secrets import resolve_api_key
-from tasks.providers.base import BatchProvider
+from tasks.providers.base import BatchProvider, BatchState, BatchStatus
 from tasks.providers.completion import error_text
 from tasks.spec.endpoints import Endpoint
 
@@ -48,9 +49,17 @@ class SdkProvider(BatchProvider):
         self._create_attempts = create_attempts
         self._sleep = sleep
 
-    def _call(self, what: str, request: Callable[[], Any]) -> Any:
+    def _call(
+        self, what: str, request: Callable[[], Any], *, if_missing: Callable[[], Any] | None = None
+    ) -> Any:
+        """`request()`, with the SDK's errors as ProviderError; a 404 gives `if_missing()`
+        instead when it is given (what the call names is gone, and that is an answer)."""
         try:
             return request()
+        except openai.NotFoundError as exc:
+            if if_missing is not None:
+                return if_missing()
+            raise ProviderError(f"{what} failed: HTTP {exc.status_code}: {status_text(exc)}") from None
         except openai.APIStatusError as exc:
             raise ProviderError(f"{what} failed: HTTP {exc.status_code}: {status_text(exc)}") from None
         except openai.APIConnectionError as exc:
@@ -59,6 +68,22 @@ class SdkProvider(BatchProvider):
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         # Bytes + orjson: result pages are large, and the SDK's json decoding costs ~4x more.
         return orjson.loads(self.client.get(path, cast_to=bytes, options={"params": params or {}}))
+
+    @abstractmethod
+    def _list_one_batch(self) -> None:
+        """List batches (one is enough): proof that this server speaks the protocol and
+        accepts the key."""
+
+    def gone(self, batch_id: str) -> BatchStatus:
+        """The status of a batch the service answered 404 for: GONE (terminal; its rows go
+        to the next round), once the batch listing answers too. A server that 404s every
+        route (a wrong base URL, a proxy) raises instead, so no batch is given up for it."""
+        self._call(f"batch {batch_id} is unknown (HTTP 404); listing batches", self._list_one_batch)
+        return BatchStatus(
+            batch_id=batch_id,
+            state=BatchState.GONE,
+            message="the service no longer knows this batch (HTTP 404): its results cannot be read",
+        )
 
     def upload(self, shard_path: Path) -> str:
         with shard_path.open("rb") as handle:

@@ -160,12 +160,16 @@ class XaiProvider(SdkProvider):
             token = next_token
         return found
 
+    def _list_one_batch(self) -> None:
+        self._get("/batches", {"limit": 1})
+
     def get_status(self, batch_id: str) -> BatchStatus:
         data = self._call(
             f"reading batch {batch_id}",
             lambda: self.client.get(f"/batches/{batch_id}", cast_to=object),
+            if_missing=lambda: None,
         )
-        return batch_status_from_json(data)
+        return self.gone(batch_id) if data is None else batch_status_from_json(data)
 
     def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
         """Pages of normalized records, following pagination_token until null, "" or missing."""
@@ -175,7 +179,9 @@ class XaiProvider(SdkProvider):
             if token:
                 params["pagination_token"] = token
             page = self._call(
-                f"reading results of {batch_id}", partial(self._get, f"/batches/{batch_id}/results", params)
+                f"reading results of {batch_id}",
+                partial(self._get, f"/batches/{batch_id}/results", params),
+                if_missing=None if token else dict,  # a batch the service no longer knows: no results
             )
             results = page.get("results") or []
             if results:
@@ -186,7 +192,9 @@ class XaiProvider(SdkProvider):
             token = next_token
 
     def cancel(self, batch_id: str) -> None:
+        """Cancel a batch; one the service no longer knows (404) has nothing left to cancel."""
         self._call(
             f"cancelling batch {batch_id}",
             lambda: self.client.post(f"/batches/{batch_id}:cancel", cast_to=object),
+            if_missing=lambda: None,
         )

@@ -6,6 +6,8 @@ twice, and never leaves a run stuck: against the emulator over HTTP with the rea
 - Sync mode, connections dropped after the service handled (and billed) the request: such a
   request is not resent in the same round; its row goes to the next round, so the paid
   completions are exactly the answers plus the rows deliberately sent again.
+- A batch the service no longer knows (404) ends `gone`: its rows go to the next round, and
+  `grok-batch cancel` works on such a run.
 """
 
 from __future__ import annotations
@@ -15,18 +17,27 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from emulator import RunningEmulator
+from tasks import runner, start
+from tasks.infra.errors import ProviderError
+from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.ratelimit import RateLimiter
+from tasks.infra.table_io import TableSource
+from tasks.lifecycle import BatchState
+from tasks.providers.registry import make_provider
 from tasks.providers.sdk import never_sent
 from tasks.providers.xai import XaiProvider
 from tasks.spec.job import build_job
 from tasks.stages.answer_sync import SyncLimits, answer_shard, read_journal
 from tests.helpers import (
     EMULATOR_KEY,
+    advance_until_complete,
     assert_answers_on_their_rows,
     free_port,
     review_rows,
@@ -146,3 +157,90 @@ def test_never_sent_tells_a_connect_error_from_a_reply_lost(emulator: RunningEmu
         client.post("/chat/completions", cast_to=bytes, body=body)
     assert not never_sent(dropped.value)
     assert emulator.state.count("POST", CHAT, 200, replied=False) == 1  # handled: billed, reply lost
+
+
+# -- 3. a batch the service no longer knows -------------------------------------------------------
+BATCH_JOBS = {
+    "xai": {"provider": "xai", "model": "grok-4.3"},
+    "openai": {"provider": "openai", "model": "gpt-4o-mini"},
+}
+
+
+def submit_then_forget(
+    tmp_path: Path, server: RunningEmulator, provider_name: str, rows: int
+) -> tuple[Ledger, runner.RunHandle, str]:
+    """A run whose one batch was created and then forgotten by the service (through the
+    emulator's admin route, as a test or a person would), before it could finish."""
+    server.configure(processing_s=600.0)  # cannot finish before it is forgotten
+    src = write_csv(tmp_path / "in.csv", review_rows(rows))
+    fields = {**BATCH_JOBS[provider_name], "prompt": "Classify: {{ text }}", "id_column": "id"}
+    job = build_job(None, fields)
+    data_dir = tmp_path / "data"
+    ledger = Ledger(default_ledger_url(data_dir))
+    handle = start.start_run(TableSource(src), job, data_dir / "runs", ledger, tmp_path / "out.parquet")
+    runner.advance(ledger, make_provider(job.provider, job.base_url), handle)  # submit, first poll
+    (batch,) = ledger.batches(handle.run_key)
+    assert batch.batch_id is not None and batch.state in (BatchState.VALIDATING, BatchState.RUNNING)
+    admin = f"http://{server.host}:{server.port}/_emulator/forget"
+    assert httpx.post(admin, json={"batch_id": batch.batch_id}).status_code == 200
+    assert httpx.post(admin, json={"batch_id": batch.batch_id}).status_code == 404  # already gone
+    server.configure(processing_s=0.2)
+    return ledger, handle, batch.batch_id
+
+
+@pytest.mark.parametrize("provider_name", ["xai", "openai"])
+def test_a_batch_the_service_forgot_ends_gone_and_its_rows_go_to_the_next_round(
+    tmp_path: Path, openai_emulator: RunningEmulator, provider_name: str
+) -> None:
+    ledger, handle, batch_id = submit_then_forget(tmp_path, openai_emulator, provider_name, 12)
+    provider = make_provider(handle.job.provider, handle.job.base_url)
+    try:
+        advance_until_complete(ledger, provider, handle, timeout_s=30)
+        summary = runner.finish(ledger, handle, tmp_path / "out.parquet", overwrite=False)
+        first, second = ledger.batches(handle.run_key)
+    finally:
+        ledger.close()
+    assert (first.batch_id, first.state, first.round_no) == (batch_id, BatchState.GONE, 1)
+    assert first.message is not None and "no longer knows this batch (HTTP 404)" in first.message
+    assert (second.state, second.round_no) == (BatchState.DONE, 2)
+    rows = rows_of(tmp_path / "out.parquet")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("succeeded", 2)] * 12
+    assert summary.rounds == 2
+    assert_answers_on_their_rows(tmp_path / "out.parquet", handle.run_dir)
+    report = handle.paths.report.read_text(encoding="utf-8")
+    assert "| gone |" in report and "no longer knows this batch" in report
+
+
+@pytest.mark.parametrize("provider_name", ["xai", "openai"])
+def test_grok_batch_cancel_works_on_a_run_whose_batch_the_service_forgot(
+    tmp_path: Path, openai_emulator: RunningEmulator, provider_name: str
+) -> None:
+    from flows.cli import app
+
+    ledger, handle, batch_id = submit_then_forget(tmp_path, openai_emulator, provider_name, 6)
+    cancelled = CliRunner().invoke(app, ["cancel", handle.run_key, "--data-dir", str(tmp_path / "data")])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "nothing more will be sent" in cancelled.output
+    provider = make_provider(handle.job.provider, handle.job.base_url)
+    try:
+        advance_until_complete(ledger, provider, handle, timeout_s=30)
+        runner.finish(ledger, handle, tmp_path / "out.parquet", overwrite=False)
+        (batch,) = ledger.batches(handle.run_key)  # cancelled: no follow-up round
+    finally:
+        ledger.close()
+    assert (batch.batch_id, batch.state) == (batch_id, BatchState.GONE)
+    rows = rows_of(tmp_path / "out.parquet")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("failed", 1)] * 6
+    assert all(r["error"] for r in rows)
+
+
+@pytest.mark.parametrize("provider_name", ["xai", "openai"])
+def test_a_server_that_404s_every_route_gives_up_no_batch(
+    openai_emulator: RunningEmulator, provider_name: str
+) -> None:
+    """A wrong base URL (or a proxy) answers 404 to the batch and to the listing alike: that is
+    an error to fix, and the batch is not given up (its rows are not paid for again)."""
+    base = f"http://{openai_emulator.host}:{openai_emulator.port}/nowhere/v1"
+    provider = make_provider(provider_name, base)
+    with pytest.raises(ProviderError, match="unknown \\(HTTP 404\\); listing batches failed: HTTP 404"):
+        provider.get_status("batch_123")
