@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -31,12 +31,18 @@ _FINAL_GRPC_CODES = {3, 5, 7, 9, 11, 12, 16}
 
 # -- pure mapping of xAI's shapes ------------------------------------------------------
 def parse_service_time(value: Any) -> datetime | None:
-    """RFC 3339 or a bare date (REST docs show `2025-11-12`); a bare date counts to its end."""
+    """RFC 3339 or a bare date (the REST docs show `"expire_time": "2025-11-12"`).
+
+    The reference does not say which moment of its day a bare date names, so it counts as
+    that day's 00:00 UTC: the earliest reading. An expiry judged too early only cancels the
+    requests still pending (unfinished, so not billed; finished results are kept) and sends
+    them again; one judged too late (the day's end) could wait past the moment the service
+    stops serving the batch's results, which are then lost although paid for."""
     if not isinstance(value, str) or not value:
         return None
     try:
         if len(value) == 10:
-            return datetime.fromisoformat(value).replace(tzinfo=UTC) + timedelta(days=1)
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)  # 00:00 of that day
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
@@ -49,7 +55,8 @@ def batch_status_from_json(data: dict[str, Any], now: datetime | None = None) ->
     total = int(counters.get("num_requests") or 0)
     pending = int(counters.get("num_pending") or 0)
     message = data.get("cancel_by_xai_message") or None
-    expires = parse_service_time(data.get("expire_time"))
+    # The proto and REST reference say expire_time, the current guide expires_at: either.
+    expires = parse_service_time(data.get("expire_time") or data.get("expires_at"))
     expired = expires is not None and (now or datetime.now(UTC)) >= expires
     if data.get("cancel_time") and message and total == 0:
         state = BatchState.REJECTED  # file failed validation: counters stay 0

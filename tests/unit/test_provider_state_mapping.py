@@ -37,7 +37,9 @@ def batch(counters: dict | None = None, **fields) -> dict:
         ),
         (batch({"num_requests": 5, "num_success": 5}, expire_time="2026-11-26T11:59:00Z"), BatchState.DONE),
         (batch(expire_time="2026-11-25"), BatchState.EXPIRED),  # never parsed before its date ended
-        (batch({"num_requests": 5, "num_pending": 1}, expire_time="2026-11-26"), BatchState.RUNNING),
+        # A bare date is that day's 00:00 UTC (the earliest reading): past at NOW, on the 26th.
+        (batch({"num_requests": 5, "num_pending": 1}, expire_time="2026-11-26"), BatchState.EXPIRED),
+        (batch({"num_requests": 5, "num_pending": 1}, expire_time="2026-11-27"), BatchState.RUNNING),
     ],
 )
 def test_counters_map_to_one_state(data: dict, state: BatchState) -> None:
@@ -55,7 +57,7 @@ def test_times_parse_in_both_forms() -> None:
     assert parse_service_time("2026-11-26T10:00:00.123Z") == datetime(
         2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC
     )
-    assert parse_service_time("2026-11-26") == datetime(2026, 11, 27, tzinfo=UTC)  # the day's end
+    assert parse_service_time("2026-11-26") == datetime(2026, 11, 26, tzinfo=UTC)  # the day's 00:00
     assert parse_service_time("garbage") is None and parse_service_time(None) is None
 
 
