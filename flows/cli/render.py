@@ -164,7 +164,8 @@ def show_run_detail(detail: RunDetail) -> None:
     console.print(f"figures: {detail.freshness}", markup=False, highlight=False)
     table = Table()
     for column in ("batch", "round", "requests", "step", "state", "finished", "message"):
-        table.add_column(column, no_wrap=column == "batch", overflow="fold")
+        # Figures and states stay whole on one line; a long batch id or message folds.
+        table.add_column(column, no_wrap=column not in ("batch", "message"), overflow="fold")
     for b in shown["batches"]:
         table.add_row(
             b["batch"], str(b["round"]), str(b["requests"]), b["step"], b["state"] or "", str(b["finished"]),
