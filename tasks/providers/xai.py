@@ -15,9 +15,13 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from tasks.infra.records import CANCELLED, FAILED
+import numpy as np
+import pyarrow as pa
+
+from tasks.infra.records import CANCELLED, FAILED, SUCCEEDED
+from tasks.money.pricing import ticks_to_usd
 from tasks.providers.base import BatchState, BatchStatus, Capabilities
-from tasks.providers.completion import completion_fields, error_text
+from tasks.providers.completion import RECORD_SCHEMA, completion_fields, error_text, records_table
 from tasks.providers.sdk import SdkProvider
 from tasks.spec.endpoints import ENDPOINTS
 
@@ -102,6 +106,125 @@ def normalize_result(item: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": custom_id, **completion_fields(completion, reasoning_in_completion=False)}
 
 
+_EXACT_TICKS = 2**53  # up to here a tick count is exact as a float64: ticks / 1e10 rounds as int / int does
+
+
+class ResultColumns:
+    """Normalized records of result entries (one or more pages), built column by column.
+
+    An entry in the usual success shape (only `batch_request_id` and a `batch_result` holding
+    only `response.chat_get_completion`, with a text answer and integer usage counts) is read
+    straight into column lists, ~0.6 us a row; any other entry (an error in any of its shapes,
+    a missing or null field, a float count, tool calls, another endpoint's key) goes through
+    normalize_result, so both give the same record. Rows keep the entries' order."""
+
+    def __init__(self) -> None:
+        self.rows = 0  # entries added since the last table()
+        self._clear()
+
+    def _clear(self) -> None:
+        self._ids: list[str] = []
+        self._answers: list[str] = []
+        self._finish: list[Any] = []
+        self._models: list[Any] = []
+        self._counts: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+        self._ticks: list[int | None] = []
+        self._odd_at: list[int] = []  # positions (since the last table()) of entries read by normalize_result
+        self._odd: list[dict[str, Any]] = []
+
+    def add(self, items: list[Any]) -> None:
+        ids, answers = self._ids.append, self._answers.append
+        finish, models = self._finish.append, self._models.append
+        prompt, output, cached, reasoning = (counts.append for counts in self._counts)
+        ticks = self._ticks.append
+        base = self.rows
+        for at, item in enumerate(items):
+            try:
+                outcome = item["batch_result"]
+                custom_id = item["batch_request_id"]
+                completion = outcome["response"]["chat_get_completion"]
+                choice = completion["choices"][0]
+                answer = choice["message"]["content"]
+                usage = completion["usage"]
+                prompt_n = usage["prompt_tokens"]
+                output_n = usage["completion_tokens"]
+                cached_n = usage["prompt_tokens_details"]["cached_tokens"]
+                reasoning_n = usage["completion_tokens_details"]["reasoning_tokens"]
+                tick = usage.get("cost_in_usd_ticks")
+            except (KeyError, TypeError, IndexError, AttributeError):
+                tick = False  # not the usual shape: read below
+            if (
+                tick is not False
+                and len(item) == 2  # no error_message or error beside the result
+                and len(outcome) == 1  # no error beside the response
+                and type(custom_id) is str
+                and custom_id
+                and type(answer) is str
+                and type(prompt_n) is int
+                and type(output_n) is int
+                and type(cached_n) is int
+                and type(reasoning_n) is int
+                and (tick is None or type(tick) is int)
+            ):
+                ids(custom_id)
+                answers(answer)
+                finish(choice.get("finish_reason"))
+                models(completion.get("model"))
+                prompt(prompt_n)
+                output(output_n)
+                cached(cached_n)
+                reasoning(reasoning_n)
+                ticks(tick)
+            else:
+                record = normalize_result(item)
+                if not isinstance(record.get("custom_id"), str):
+                    record["custom_id"] = None  # matches no request
+                self._odd_at.append(base + at)
+                self._odd.append(record)
+        self.rows += len(items)
+
+    def table(self) -> pa.Table:
+        """The records added since the last call, as a completion.RECORD_SCHEMA table."""
+        n = len(self._ids)
+        prompt, output, cached, reasoning = (np.maximum(np.array(c, dtype=np.int64), 0) for c in self._counts)
+        columns = {
+            "custom_id": pa.array(self._ids, pa.string()),
+            "status": pa.repeat(pa.scalar(SUCCEEDED), n),
+            "response": pa.array(self._answers, pa.string()),
+            "finish_reason": pa.array(self._finish, pa.string()),
+            "model": pa.array(self._models, pa.string()),
+            "prompt_tokens": pa.array(prompt),
+            "completion_tokens": pa.array(output),
+            "reasoning_tokens": pa.array(reasoning),
+            "cached_tokens": pa.array(cached),
+            "service_cost_usd": _usd(self._ticks),
+            "error": pa.nulls(n, pa.string()),
+            "retryable": pa.repeat(pa.scalar(False), n),
+        }
+        table = pa.table([columns[f.name] for f in RECORD_SCHEMA], schema=RECORD_SCHEMA)
+        if self._odd:
+            plain_at = np.ones(self.rows, dtype=bool)
+            plain_at[self._odd_at] = False
+            order = np.empty(self.rows, dtype=np.int64)  # row of the concatenation for each entry
+            order[plain_at] = np.arange(n)
+            order[self._odd_at] = np.arange(n, self.rows)
+            table = pa.concat_tables([table, records_table(self._odd)]).take(pa.array(order))
+        self.rows = 0
+        self._clear()
+        return table
+
+
+def _usd(ticks: list[int | None]) -> pa.Array:
+    """service_cost_usd from integer ticks (or None), as ticks_to_usd gives it."""
+    try:
+        values = np.array(ticks, dtype=np.int64)  # TypeError for a None, OverflowError past int64
+    except (TypeError, OverflowError):
+        values = None
+    if values is not None and len(values) and int(np.abs(values).max()) <= _EXACT_TICKS:
+        return pa.array(values / 10_000_000_000)
+    return pa.array([ticks_to_usd(t) for t in ticks], pa.float64())
+
+
 # -- the client --------------------------------------------------------------------------
 class _CreateThrottle:
     """xAI allows 2 batch creations per second per team; stay under it in this process."""
@@ -178,8 +301,8 @@ class XaiProvider(SdkProvider):
         )
         return self.gone(batch_id) if data is None else batch_status_from_json(data)
 
-    def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
-        """Pages of normalized records, following pagination_token until null, "" or missing."""
+    def _result_items(self, batch_id: str) -> Iterator[list[Any]]:
+        """Pages of result entries, following pagination_token until null, "" or missing."""
         token: str | None = None
         for _ in range(_MAX_PAGES):
             params: dict[str, Any] = {"limit": RESULTS_PAGE_LIMIT}
@@ -192,11 +315,27 @@ class XaiProvider(SdkProvider):
             )
             results = page.get("results") or []
             if results:
-                yield [normalize_result(item) for item in results]
+                yield results
             next_token = page.get("pagination_token")
             if not results or not next_token or next_token == token:
                 return
             token = next_token
+
+    def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
+        """Pages of normalized records."""
+        for items in self._result_items(batch_id):
+            yield [normalize_result(item) for item in items]
+
+    def iter_result_tables(self, batch_id: str, group_rows: int = 8192) -> Iterator[pa.Table]:
+        """The records iter_results gives, as completion.RECORD_SCHEMA tables of a page or a
+        few (at least `group_rows` rows each but the last), built column by column."""
+        columns = ResultColumns()
+        for items in self._result_items(batch_id):
+            columns.add(items)
+            if columns.rows >= group_rows:
+                yield columns.table()
+        if columns.rows:
+            yield columns.table()
 
     def cancel(self, batch_id: str) -> None:
         """Cancel a batch; one the service no longer knows (404) has nothing left to cancel."""

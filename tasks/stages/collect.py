@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -20,6 +21,7 @@ from tasks.infra.logs import LOGGER
 from tasks.infra.records import CANCELLED, EXPIRED, FAILED, INVALID_OUTPUT, RESULT_SCHEMA, SUCCEEDED
 from tasks.infra.run_layout import RunPaths
 from tasks.providers.base import BatchProvider, BatchState
+from tasks.providers.completion import RECORD_SCHEMA, records_table
 from tasks.spec.answer_schema import answer_check
 
 
@@ -58,35 +60,89 @@ def missing_outcome(state: BatchState, message: str | None) -> tuple[str, str, b
 # The outcome of a request never sent because the run was cancelled first.
 UNSENT_CANCELLED = (CANCELLED, "the run was cancelled before this request was sent", False)
 
-_RECORD_FIELDS = [f for f in RESULT_SCHEMA if f.name not in ("batch_id", "round")]
+
+def with_batch(records: pa.Table, batch_id: str | None, round_no: int) -> pa.Table:
+    """RECORD_SCHEMA records -> RESULT_SCHEMA rows of one batch of one round."""
+    columns = dict(zip(records.column_names, records.columns, strict=True))
+    columns["batch_id"] = pa.repeat(pa.scalar(batch_id, pa.string()), records.num_rows)
+    columns["round"] = pa.repeat(pa.scalar(round_no, pa.int32()), records.num_rows)
+    return pa.table([columns[f.name] for f in RESULT_SCHEMA], schema=RESULT_SCHEMA)
 
 
-def records_table(records: list[dict[str, Any]], batch_id: str | None, round_no: int) -> pa.Table:
-    """Column by column (Table.from_pylist costs ~25 us a row; this a few)."""
-    columns = {f.name: pa.array([r.get(f.name) for r in records], type=f.type) for f in _RECORD_FIELDS}
-    columns["batch_id"] = pa.array([batch_id] * len(records), type=pa.string())
-    columns["round"] = pa.array([round_no] * len(records), type=pa.int32())
-    return pa.table({f.name: columns[f.name] for f in RESULT_SCHEMA})
+class AnswerCheck:
+    """For structured jobs: turns a succeeded record whose answer does not fit the schema (or
+    was cut off) into `invalid_output`, keeping the raw text; retried if the job says so."""
 
+    def __init__(self, schema: dict[str, Any], retry: bool) -> None:
+        self.check_answer, self.retry = answer_check(schema), retry
 
-AnswerCheck = Callable[[dict[str, Any]], None]
+    def __call__(self, record: dict[str, Any]) -> None:
+        """One record (a dict), in place."""
+        if record["status"] != SUCCEEDED:
+            return
+        reason = self.check_answer(record.get("response"), record.get("finish_reason"))
+        if reason is not None:
+            record.update(status=INVALID_OUTPUT, error=reason, retryable=self.retry)
+
+    def table(self, records: pa.Table) -> pa.Table:
+        """The same over a RECORD_SCHEMA table; only succeeded rows are looked at."""
+        succeeded = pc.fill_null(pc.equal(records.column("status"), SUCCEEDED), False)
+        at = np.flatnonzero(succeeded.to_numpy(zero_copy_only=False))
+        if not len(at):
+            return records
+        answers = records.column("response").take(at).to_pylist()
+        finish = records.column("finish_reason").take(at).to_pylist()
+        reasons = [self.check_answer(a, f) for a, f in zip(answers, finish, strict=True)]
+        bad = [i for i, reason in enumerate(reasons) if reason is not None]
+        if not bad:
+            return records
+        invalid = np.zeros(records.num_rows, dtype=bool)
+        invalid[at[bad]] = True
+        why: list[str | None] = [None] * records.num_rows
+        for i in bad:
+            why[at[i]] = reasons[i]
+        mask = pa.array(invalid)
+        columns = {
+            "status": pc.if_else(mask, INVALID_OUTPUT, records.column("status")),
+            "error": pc.if_else(mask, pa.array(why, pa.string()), records.column("error")),
+            "retryable": pc.if_else(mask, self.retry, records.column("retryable")),
+        }
+        return pa.table(
+            [columns.get(name, records.column(name)) for name in records.column_names], schema=records.schema
+        )
 
 
 def answer_checker(schema: dict[str, Any] | None, retry: bool) -> AnswerCheck | None:
-    """For structured jobs: turn a succeeded record whose answer does not fit the schema (or
-    was cut off) into `invalid_output`, keeping the raw text; retried if the job says so."""
-    if schema is None:
-        return None
-    check_answer = answer_check(schema)
+    """The AnswerCheck of a structured job; None for free text."""
+    return None if schema is None else AnswerCheck(schema, retry)
 
-    def check(record: dict[str, Any]) -> None:
-        if record["status"] != SUCCEEDED:
-            return
-        reason = check_answer(record.get("response"), record.get("finish_reason"))
-        if reason is not None:
-            record.update(status=INVALID_OUTPUT, error=reason, retryable=retry)
 
-    return check
+def result_pages(provider: BatchProvider, batch_id: str) -> Iterator[pa.Table | list[dict[str, Any]]]:
+    """A batch's records as the provider gives them: Arrow tables where it builds them
+    column by column (xAI: `iter_result_tables`), pages of dicts otherwise."""
+    tables: Callable[[str], Iterator[pa.Table]] | None = getattr(provider, "iter_result_tables", None)
+    return tables(batch_id) if tables is not None else provider.iter_results(batch_id)
+
+
+class _FirstPerMember:
+    """Keeps the first record of each member of the shard, across pages, vectorized."""
+
+    def __init__(self, members: pa.Array) -> None:
+        self.members = members
+        self.seen = np.zeros(len(members), dtype=bool)
+
+    def fresh(self, records: pa.Table) -> pa.Table:
+        slot = pc.fill_null(pc.index_in(records.column("custom_id"), value_set=self.members), -1)
+        slots = slot.to_numpy(zero_copy_only=False)
+        at = np.flatnonzero(slots >= 0)
+        at = at[~self.seen[slots[at]]]
+        _, first = np.unique(slots[at], return_index=True)
+        keep = np.sort(at[first])
+        self.seen[slots[keep]] = True
+        return records if len(keep) == records.num_rows else records.take(pa.array(keep))
+
+    def absent(self) -> pa.Array:
+        return self.members.filter(pa.array(~self.seen))
 
 
 def collect_batch(
@@ -97,45 +153,49 @@ def collect_batch(
     assert row.state is not None
     if row.batch_id is None:
         return write_results(paths, row, [], UNSENT_CANCELLED, check)
-    pages = provider.iter_results(row.batch_id) if row.state != BatchState.REJECTED else iter(())
+    pages = result_pages(provider, row.batch_id) if row.state != BatchState.REJECTED else iter(())
     return write_results(paths, row, pages, missing_outcome(BatchState(row.state), row.message), check)
 
 
 def write_results(
     paths: RunPaths,
     row: BatchRow,
-    pages: Iterable[list[dict[str, Any]]],
+    pages: Iterable[pa.Table | list[dict[str, Any]]],
     missing: tuple[str, str, bool],
     check: AnswerCheck | None = None,
 ) -> Path:
-    """results/<batch>.parquet from pages of records: the first record per member of the
-    shard, and the `missing` (status, error, retryable) outcome for members without one."""
-    members = shard_members(paths, row.round_no, row.shard_no)
-    wanted = set(members.to_pylist())
-    seen: set[str] = set()
+    """results/<batch>.parquet from pages of records (RECORD_SCHEMA tables or dicts): the first
+    record per member of the shard, and the `missing` (status, error, retryable) outcome for
+    members without one. Records of ids the shard did not send are dropped."""
+    first = _FirstPerMember(shard_members(paths, row.round_no, row.shard_no))
     target = paths.results(row.batch_name)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".parquet.partial")
     with pq.ParquetWriter(partial, RESULT_SCHEMA) as writer:
         for page in pages:
-            fresh = [r for r in page if r["custom_id"] in wanted and r["custom_id"] not in seen]
-            seen.update(r["custom_id"] for r in fresh)
+            fresh = first.fresh(page if isinstance(page, pa.Table) else records_table(page))
             if check is not None:
-                for record in fresh:
-                    check(record)
-            if fresh:
-                writer.write_table(records_table(fresh, row.batch_id, row.round_no))
+                fresh = check.table(fresh)
+            if fresh.num_rows:
+                writer.write_table(with_batch(fresh, row.batch_id, row.round_no))
             crashpoint(WHILE_COLLECTING)
-        absent = pc.filter(members, pc.invert(pc.is_in(members, pa.array(list(seen), pa.string()))))
+        absent = first.absent()
         if len(absent):
-            status, error, retryable = missing
-            records = [
-                {"custom_id": cid, "status": status, "error": error, "retryable": retryable}
-                for cid in absent.to_pylist()
-            ]
-            writer.write_table(records_table(records, row.batch_id, row.round_no))
+            writer.write_table(with_batch(missing_records(absent, *missing), row.batch_id, row.round_no))
     partial.replace(target)
     return target
+
+
+def missing_records(custom_ids: pa.Array, status: str, error: str, retryable: bool) -> pa.Table:
+    """The same outcome for each of `custom_ids` (no answer, no usage)."""
+    n = len(custom_ids)
+    given = {
+        "custom_id": custom_ids,
+        "status": pa.repeat(pa.scalar(status, pa.string()), n),
+        "error": pa.repeat(pa.scalar(error, pa.string()), n),
+        "retryable": pa.repeat(pa.scalar(retryable, pa.bool_()), n),
+    }
+    return pa.table([given.get(f.name, pa.nulls(n, f.type)) for f in RECORD_SCHEMA], schema=RECORD_SCHEMA)
 
 
 # -- what the run stored at the service ---------------------------------------------------
