@@ -123,7 +123,9 @@ def test_sync_dropped_replies_are_resent_only_in_a_later_round_never_paid_twice_
     assert paid == sum(r["attempts"] for r in rows)  # at most one paid request per row per round
     assert lost == resent + len(ended_unanswered)
     assert all("not sent again in this round" in r["error"] for r in ended_unanswered)
-    assert answered == rows_in and summary.rounds > 1  # 0.3**10 per row: every row got through
+    # Every row has its outcome; at 0.3**10 a row, all but (rarely) one got its answer through.
+    assert answered + len(ended_unanswered) == rows_in and answered >= rows_in - 1
+    assert summary.rounds > 1
     assert_answers_on_their_rows(out, handle.run_dir)
 
 
