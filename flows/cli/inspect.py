@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from contextlib import closing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from flows.cli.options import DATA_DIR, MAX_WAIT_S, DataDir, MaxWait, Overwrite
-from flows.cli.render import ProgressListener, console, fail, run_and_show, show_run_detail, show_runs
+from flows.cli.render import console, fail, run_and_show, show_run_detail, show_runs
 from tasks.infra.errors import GrokBatchError
-from tasks.infra.prefect_config import prefect_server
 
 
 def resume(
@@ -29,33 +28,13 @@ def resume(
 
     Example:  grok-batch resume 3f2a9c   (see `grok-batch status` for run keys)
     """
-    if not prefect_server():  # no server configured: the same stages, here, with none to start
-        from tasks.doors.drive import WaitPolicy, resume_job, waiting_driver
+    from flows.here import resume_here
+    from tasks.doors.drive import WaitPolicy
 
-        policy = WaitPolicy(wait, poll_interval, max_wait_s=max_wait)
-        run_and_show(
-            lambda on_progress: resume_job(
-                data_dir, run_key, output, overwrite, waiting_driver(policy, on_progress=on_progress)
-            ),
-            data_dir,
-        )
-        return
-
-    def call(on_progress: ProgressListener) -> dict[str, Any]:
-        from flows.run_job import listening, resume_batch_job
-
-        with listening(on_progress):
-            return resume_batch_job(
-                run_key=run_key,
-                output=str(output) if output else None,
-                overwrite=overwrite,
-                wait=wait,
-                data_dir=str(data_dir),
-                poll_interval_s=poll_interval,
-                max_wait_s=max_wait,
-            )
-
-    run_and_show(call, data_dir)
+    policy = WaitPolicy(wait, poll_interval, max_wait_s=max_wait)
+    run_and_show(
+        lambda on_progress: resume_here(data_dir, run_key, output, overwrite, policy, on_progress), data_dir
+    )
 
 
 def status(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,9 +25,8 @@ from flows.cli.options import (
     Provider,
     job_spec,
 )
-from flows.cli.render import ProgressListener, fail, run_and_show, show_estimate
+from flows.cli.render import fail, run_and_show, show_estimate
 from tasks.infra.errors import GrokBatchError
-from tasks.infra.prefect_config import prefect_server
 
 if TYPE_CHECKING:
     from tasks.spec.job import JobSpec
@@ -108,39 +107,15 @@ def run(
     if dry_run:
         _estimate(input_path, spec, data_dir, encoding)
         return
-    from tasks.doors.drive import WaitPolicy, check_command, run_job, waiting_driver
+    from flows.here import run_here
+    from tasks.doors.drive import WaitPolicy
     from tasks.infra.table_io import TableSource
 
-    source = TableSource(input_path, encoding=encoding)
     policy = WaitPolicy(wait, poll_interval, max_wait_s=max_wait)
-    if not prefect_server():
-        # No Prefect server configured: the same stages, run here, with no server to start.
-        run_and_show(
-            lambda on_progress: run_job(
-                source, spec, output, overwrite, data_dir, waiting_driver(policy, on_progress=on_progress)
-            ),
-            data_dir,
-        )
-        return
-    try:
-        check_command(source, spec, output, overwrite, data_dir)  # before Prefect is touched
-    except GrokBatchError as exc:
-        fail(exc)
-
-    def call(on_progress: ProgressListener) -> dict[str, Any]:
-        from flows.run_job import listening, local_wait, run_batch_job
-
-        with local_wait(policy), listening(on_progress):
-            return run_batch_job(
-                input_path=str(input_path),
-                job=spec,
-                output=str(output) if output else None,
-                overwrite=overwrite,
-                data_dir=str(data_dir),
-                encoding=encoding,
-            )
-
-    run_and_show(call, data_dir)
+    source = TableSource(input_path, encoding=encoding)
+    run_and_show(
+        lambda on_progress: run_here(source, spec, output, overwrite, data_dir, policy, on_progress), data_dir
+    )
 
 
 def estimate(
