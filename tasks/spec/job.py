@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +26,71 @@ _RESERVED_PARAMS = {
     "stream": "batch requests cannot stream",
     "n": "one answer per row: n must stay 1",
 }
+# Job files may come from the inbox (untrusted): bounded in size and in what aliases expand to.
+MAX_JOB_FILE_BYTES = 1_000_000
+MAX_YAML_ALIASES = 100  # `*name` references in one job file
+MAX_YAML_NODES = 100_000  # values in the document once every alias is expanded
+
+
+def _number(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+            return None
+        return f"must be a number from {low:g} to {high:g}"
+
+    return check
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if whole and value >= low and (high is None or value <= high):
+            return None
+        if high is None:
+            return f"must be a whole number of at least {low}"
+        return f"must be a whole number from {low} to {high}"
+
+    return check
+
+
+def _kind(*kinds: type, described: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):
+            return None
+        return f"must be {described}"
+
+    return check
+
+
+def _stop(value: Any) -> str | None:
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return None
+    return "must be a string or a list of strings"
+
+
+# Chat-completions request fields with the values xAI and OpenAI accept (the wider of the two
+# where they differ, e.g. top_logprobs); checked before anything is uploaded. Other fields pass.
+_PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "max_tokens": _whole(1),
+    "max_completion_tokens": _whole(1),
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "frequency_penalty": _number(-2, 2),
+    "presence_penalty": _number(-2, 2),
+    "seed": _whole(-(2**63), 2**63 - 1),
+    "logprobs": _kind(bool, described="true or false"),
+    "top_logprobs": _whole(0, 20),
+    "stop": _stop,
+    "user": _kind(str, described="a string"),
+    "reasoning_effort": _kind(str, described="a string, e.g. low or high"),
+    "parallel_tool_calls": _kind(bool, described="true or false"),
+    "tools": _kind(list, described="a list"),
+    "tool_choice": _kind(str, dict, described="a string or a mapping"),
+    "response_format": _kind(dict, described="a mapping"),
+    "logit_bias": _kind(dict, described="a mapping"),
+    "search_parameters": _kind(dict, described="a mapping"),
+}
+
 # xAI caps a file at 50,000 requests; the Files API at 48-50 MB (reference §1.1, §3).
 MAX_SHARD_LINES = 50_000
 DEFAULT_SHARD_BYTES = 45 * 1024 * 1024
@@ -98,15 +166,19 @@ class JobSpec(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_parses(cls, value: str) -> str:
-        PromptTemplate(value)  # raises ValueError with the template's own complaint
+        _template(value)  # raises ValueError with the template's own complaint
         return value
 
     @field_validator("params")
     @classmethod
     def _params_are_request_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
+        for key, item in value.items():
             if key in _RESERVED_PARAMS:
                 raise ValueError(f"params.{key} is not allowed: {_RESERVED_PARAMS[key]}")
+            problem = _PARAM_CHECKS[key](item) if key in _PARAM_CHECKS else None
+            if problem is not None:
+                raise ValueError(f"params.{key} {problem}, not {item!r}")
+            _check_json_value(item, f"params.{key}")
         return value
 
     @field_validator("columns")
@@ -159,7 +231,7 @@ class JobSpec(BaseModel):
 
     @property
     def template(self) -> PromptTemplate:
-        return PromptTemplate(self.prompt)
+        return _template(self.prompt)
 
     @field_validator("base_url")
     @classmethod
@@ -184,6 +256,12 @@ class JobSpec(BaseModel):
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=32)
+def _template(prompt: str) -> PromptTemplate:
+    """Parsed (and compiled) once per prompt: prepare asks for it for every block."""
+    return PromptTemplate(prompt)
+
+
 def _format_validation_error(source: str, error: ValidationError) -> str:
     lines = [f"{source} is not a valid job:"]
     for item in error.errors():
@@ -195,17 +273,106 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _check_json_value(value: Any, where: str) -> None:
+    """A request field goes into JSON as it is: only JSON's own values (no dates, bytes, NaN)."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{at} must be a finite number, not {item!r}")
+        if isinstance(item, dict):
+            for key, entry in item.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"{at} has a key {key!r}; keys must be strings")
+                stack.append((entry, f"{at}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((entry, f"{at}[{i}]") for i, entry in enumerate(item))
+        elif not (item is None or isinstance(item, str | int | float | bool)):
+            raise ValueError(f"{at} is a {type(item).__name__}; a request field holds JSON values only")
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing alias bombs: a few aliases, a bounded expanded size."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise _TooLargeError(f"it uses more than {MAX_YAML_ALIASES} aliases (*name)")
+        return super().compose_node(parent, index)
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the values of the document as if every alias were written out (each shared node
+    counted once per reference), without expanding anything; refuse a recursive alias."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_NODES + 1)
+            if sizes[key] > MAX_YAML_NODES:
+                raise _TooLargeError(
+                    f"it expands to more than {MAX_YAML_NODES:,} values once its aliases are followed"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise _TooLargeError("an alias refers to a value that contains it")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
 def read_job_file(path: Path) -> dict[str, Any]:
-    """Raw mapping from a YAML job file, with errors that name the file."""
+    """Raw mapping from a YAML job file, with errors that name the file. A job file is
+    at most MAX_JOB_FILE_BYTES, and its aliases may not expand past MAX_YAML_NODES values."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_JOB_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise JobSpecError(f"job file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise JobSpecError(f"job file {path} cannot be read: {exc}") from None
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise JobSpecError(
+            f"job file {path} is larger than {MAX_JOB_FILE_BYTES:,} bytes; a job file is a few lines"
+        )
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        data = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader with limits
+    except _TooLargeError as exc:
+        raise JobSpecError(f"job file {path} is refused: {exc}") from None
+    except RecursionError:
+        raise JobSpecError(f"job file {path} is refused: its values are nested too deeply") from None
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
         raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
