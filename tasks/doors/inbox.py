@@ -21,6 +21,7 @@ from tasks.infra.errors import GrokBatchError, InputError, JobSpecError
 from tasks.infra.processes import holder_is_dead, this_holder
 from tasks.infra.table_io import FORMATS, file_sha256
 from tasks.spec.job import JobSpec, build_job
+from tasks.spec.template_check import check_template_in_child
 
 DEFAULT_JOB_NAME = "default.job.yaml"
 JOB_SUFFIX = ".job.yaml"
@@ -112,6 +113,9 @@ def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
     for field, why in _OPERATOR_ONLY_FIELDS.items():
         if getattr(job, field) is not None:
             raise JobSpecError(f"{job_file.name}: field `{field}` is not allowed in an inbox job; {why}")
+    # An untrusted template first renders the table's first rows in a process that can be
+    # killed (time and memory limits): one that hangs or blows up fails this drop alone.
+    check_template_in_child(job.prompt, table, label=job_file.name)
     return own, job
 
 
