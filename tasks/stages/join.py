@@ -8,7 +8,8 @@ or two shards under it, and the retried rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ class _Outcomes:
             )
         attempts = pc.if_else(rejected, pa.scalar(0, pa.int32()), pc.cast(picked.column("round"), pa.int32()))
         from_cache = pc.fill_null(pc.and_(pc.invert(rejected), pc.equal(attempts, 0)), False)
-        cost, estimate, service = self._billed(ids, candidates.take(in_first), picked, from_cache)
+        cost, estimate, service = self._billed(ids, lambda: candidates.take(in_first), picked, from_cache)
         columns = {name: picked.column(name) for name in OUTPUT_COLUMNS if name in picked.column_names}
         columns.update(
             custom_id=ids,
@@ -175,12 +176,12 @@ class _Outcomes:
         return pa.table({name: columns[name] for name in OUTPUT_COLUMNS})
 
     def _billed(
-        self, ids: pa.Array, first: pa.Table, picked: pa.Table, from_cache: pa.Array
+        self, ids: pa.Array, round_one: Callable[[], pa.Table], picked: pa.Table, from_cache: pa.Array
     ) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(cost_usd, estimated_cost_usd, service_cost_usd) per row over all its attempts: the
-        final record's, or for a retried row round 1's plus every later round's. cost_usd is
-        the bill (the service's figure, the estimate where it gives none); a row answered
-        from the row cache cost nothing now."""
+        final record's, or for a retried row round 1's (`round_one()`, taken only when a row
+        was retried) plus every later round's. cost_usd is the bill (the service's figure, the
+        estimate where it gives none); a row answered from the row cache cost nothing now."""
         pricing = self.pricing
         cost = pc.if_else(from_cache, 0.0, pricing.billed(picked))
         estimate = pc.if_else(from_cache, 0.0, pricing.at_prices(picked))
@@ -192,6 +193,7 @@ class _Outcomes:
         if not pc.any(retried).as_py():
             return cost, estimate, service
         later = self.later_billed.take(slot)
+        first = round_one()
         cost = pc.if_else(retried, sum_known(later.column("billed_sum"), pricing.billed(first)), cost)
         estimate = pc.if_else(
             retried, sum_known(later.column("estimate_sum"), pricing.at_prices(first)), estimate
@@ -227,14 +229,17 @@ def write_output(
     tally = Tally()
     cache = CacheWriter(cache_folder, plan.run_key) if cache_folder is not None else None
     try:
-        with pq.ParquetWriter(partial, pa.schema(list(schema) + columns.fields)) as writer:
+        with (
+            pq.ParquetWriter(partial, pa.schema(list(schema) + columns.fields)) as writer,
+            _WriteBehind(writer) as behind,
+        ):
             for batch in source.batches(schema=schema):
                 rows = manifest.take(batch.num_rows)
                 if rows.num_rows != batch.num_rows:
                     break
                 appended = outcomes.columns_for(rows)
                 tally.add(appended, saved_usd=pricing.saved(appended))
-                writer.write_table(columns.attach(pa.Table.from_batches([batch]).cast(schema), appended))
+                behind.write(columns.attach(pa.Table.from_batches([batch]).cast(schema), appended))
                 if cache is not None:
                     _remember(cache, rows, appended)
                 crashpoint(WHILE_JOINING)
@@ -254,6 +259,35 @@ def write_output(
     tally.service_files_deleted = service_files_deleted(paths)
     tally.service_files_kept = job.keep_service_files
     return tally
+
+
+class _WriteBehind:
+    """Writes each chunk on a thread while the next one is read and joined: Parquet encoding
+    and compression release the GIL, so the two overlap on a second core. One write at a
+    time, in order; a failed write raises at the next write or at exit."""
+
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self._writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="join-write")
+        self._pending: Future[None] | None = None
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._wait()  # the writer is closed only after its last write
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _unchanged_input(plan: RunPlan) -> TableSource:
