@@ -33,8 +33,9 @@ def test_a_run_without_a_prefect_server_starts_none_and_answers_every_row(
     args = ["run", str(src), "--model", "grok-4.3", "--prompt", "Classify: {{ text }}", "-o", str(out)]
     args += ["--data-dir", str(tmp_path / "d"), "--poll-interval", "0.1"]
     env = {**_no_server_env(home), "XAI_BASE_URL": emulator.url, "XAI_API_KEY": EMULATOR_KEY}
-    done = run_cli(args, api_url="", **env)
+    done = run_cli(args, api_url="", **env)  # PREFECT_API_URL set but empty: no server either
     assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     assert pq.read_table(out).column("status").to_pylist() == ["succeeded", "succeeded"]
     # Prefect's temporary server keeps its database in PREFECT_HOME: none was started.
     assert not (home / "prefect.db").exists(), sorted(p.name for p in home.iterdir())
