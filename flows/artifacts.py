@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +15,7 @@ from prefect.artifacts import (
 
 from tasks import runner
 from tasks.stages.report import RunSummary, render_markdown
+from tasks.stages.report_html import html_report_path, status_chart_data_uri
 
 
 def progress_text(progress: runner.Progress) -> str:
@@ -71,6 +73,14 @@ def publish_summary(summary: RunSummary, run_key: str) -> None:
         {"measure": "rounds (attempts)", "value": summary.rounds},
     ]
     create_table_artifact(table=usage, key=f"grok-batch-usage-{run_key}", description="Tokens and cost")
+    # The status chart as an image the UI draws (its markdown renderer allows data:image/ sources);
+    # every chart is in the HTML report beside the output.
+    title, _, rest = render_markdown(summary).partition("\n")
+    chart = f"![rows by status]({status_chart_data_uri(summary.by_status)})"
+    page = html_report_path(Path(summary.output_path))
+    more = f"All charts: `{page}`\n\n" if page.exists() else ""
     create_markdown_artifact(
-        markdown=render_markdown(summary), key=f"grok-batch-report-{run_key}", description="Run report"
+        markdown=f"{title}\n\n{chart}\n\n{more}{rest.lstrip()}",
+        key=f"grok-batch-report-{run_key}",
+        description="Run report",
     )

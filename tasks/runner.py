@@ -28,6 +28,7 @@ from tasks.stages.join import write_output
 from tasks.stages.poll import poll_open
 from tasks.stages.reconcile import plan_follow_up
 from tasks.stages.report import RunSummary, render_markdown, summarize
+from tasks.stages.report_html import html_report_path, render_html_report
 from tasks.stages.submit import submit_planned
 
 
@@ -321,5 +322,17 @@ def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> 
     report = render_markdown(summary)
     handle.paths.report.write_text(report, encoding="utf-8")
     report_path(output).write_text(report, encoding="utf-8")
+    try:  # the pictures: never worth failing a finished run for
+        page = render_html_report(
+            summary,
+            output,
+            answer_schema=job.answer_schema,
+            prefix=job.result_prefix,
+            id_column=job.id_column,
+        )
+        handle.paths.report.with_suffix(".html").write_text(page, encoding="utf-8")
+        html_report_path(output).write_text(page, encoding="utf-8")
+    except Exception as exc:
+        LOGGER.warning("run %s: the HTML report could not be written: %s", handle.run_key, exc)
     ledger.update_run(handle.run_key, state=RunState.FINISHED, output_path=str(output))
     return summary
