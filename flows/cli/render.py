@@ -120,6 +120,7 @@ def show_result(result: dict[str, Any], data_dir: Path) -> None:
         err_console.print(f"[bold red]Rejected by the service:[/] {text}")
     console.print(f"output: [bold]{summary['output_path']}[/]")
     console.print(f"report: {report_path(Path(summary['output_path']))}")
+    console.print(f"report with charts: {report_path(Path(summary['output_path'])).with_suffix('.html')}")
 
 
 def show_estimate(input_path: Path, estimate: Estimate, max_cost_usd: float | None) -> None:
