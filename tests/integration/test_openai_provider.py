@@ -306,7 +306,7 @@ def cli(
 @pytest.mark.slow
 @pytest.mark.parametrize("point", [crashpoints.AFTER_CREATE, crashpoints.WHILE_POLLING])
 def test_openai_sigkill_then_rerun_creates_each_batch_once(
-    tmp_path: Path, slow_emulator: RunningEmulator, prefect_api_url: str, point: str
+    tmp_path: Path, slow_emulator: RunningEmulator, point: str
 ) -> None:
     rows = [{"id": f"row-{i}", "text": f"review {i}: {'great' if i % 2 else 'broken'}"} for i in range(ROWS)]
     src, out, data_dir = write_csv(tmp_path / "in.csv", rows), tmp_path / "out.parquet", tmp_path / "data"
@@ -317,11 +317,12 @@ def test_openai_sigkill_then_rerun_creates_each_batch_once(
         "--id-column", "id", "--job", str(job_file), "-o", str(out), "--data-dir", str(data_dir),
         "--poll-interval", "0.2",
     ]  # fmt: skip
-    crashed = cli(args, slow_emulator, prefect_api_url, GROK_BATCH_CRASH_AT=point)
+    # In-process stages (no Prefect server): the crash points are in the stages both ways share.
+    crashed = cli(args, slow_emulator, "", GROK_BATCH_CRASH_AT=point)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert not out.exists()
     assert slow_emulator.state.count("POST", BATCHES, 200) >= 1  # it died after paying for something
-    rerun = cli(args, slow_emulator, prefect_api_url)
+    rerun = cli(args, slow_emulator, "")
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == [f"row-{i}" for i in range(ROWS)]
