@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +69,9 @@ def prepare_pandas_baseline(source: Path, scratch: Path) -> dict[str, Any]:
     return {"rows": len(frame), "seconds": time.perf_counter() - start, "bytes": written}
 
 
-def io_floor(source: Path, scratch: Path) -> dict[str, Any]:
+def io_floor(source: Path, scratch: Path, target_bytes: int | None = None) -> dict[str, Any]:
     """pyarrow reading the table plus writing as many bytes as grok-batch's shards hold."""
-    target_bytes = int(os.environ["BENCH_SHARD_BYTES"])
+    target_bytes = target_bytes if target_bytes is not None else int(os.environ["BENCH_SHARD_BYTES"])
     chunk = np.random.default_rng(0).integers(32, 127, 8 << 20, dtype=np.uint8).tobytes()
     start = time.perf_counter()
     table = pq.read_table(source)
@@ -124,7 +124,8 @@ def join_grok_batch(source: Path, scratch: Path) -> dict[str, Any]:
     _fake_results(plan, paths.run_dir)
     start = time.perf_counter()
     write_output(plan, paths, scratch / "out.parquet", overwrite=True)
-    return {"rows": plan.total_rows, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return {"rows": plan.total_rows, "seconds": seconds, "bytes": (scratch / "out.parquet").stat().st_size}
 
 
 def join_pandas_baseline(source: Path, scratch: Path) -> dict[str, Any]:
@@ -146,41 +147,79 @@ def join_pandas_baseline(source: Path, scratch: Path) -> dict[str, Any]:
     return {"rows": len(out), "seconds": time.perf_counter() - start}
 
 
-class _PagesProvider:
-    """Serves precomputed result pages, as the xAI SDK decodes them, with no network."""
+def _result_page_bodies(custom_ids: list[str], rng: np.random.Generator, per_page: int = 1000) -> list[bytes]:
+    """GET /v1/batches/{id}/results bodies for these requests, shuffled, laid out as the
+    emulator writes them (xAI's documented shape; an answer and usage that differ per row)."""
+    order = rng.permutation(len(custom_ids))
+    prompt = rng.integers(20, 200, len(custom_ids))
+    output = rng.integers(5, 20, len(custom_ids))
+    entries = []
+    for i in order.tolist():
+        cid = json.dumps(custom_ids[i])
+        p, o = int(prompt[i]), int(output[i])
+        ticks = p * 1000 + o * 5000
+        completion = (
+            f'{{"id":"emu-{i:012x}","object":"chat.completion","created":1762801725,"model":"grok-4.3",'
+            f'"choices":[{{"index":0,"message":{{"role":"assistant","content":"positive (emulated answer '
+            f'{i:012x})","refusal":null}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{p},'
+            f'"completion_tokens":{o},"total_tokens":{p + o},"prompt_tokens_details":{{"text_tokens":{p},'
+            f'"audio_tokens":0,"image_tokens":0,"cached_tokens":0}},"completion_tokens_details":'
+            f'{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,'
+            f'"rejected_prediction_tokens":0}},"num_sources_used":0,"cost_in_usd_ticks":{ticks}}},'
+            f'"system_fingerprint":"fp_emulator"}}'
+        )
+        entries.append(
+            f'{{"batch_request_id":{cid},"batch_result":{{"response":{{"chat_get_completion":{completion}}}}}}}'
+        )
+    bodies = []
+    for start in range(0, len(entries), per_page):
+        token = json.dumps(str(start + per_page) if start + per_page < len(entries) else None)
+        page = (
+            '{"results":['
+            + ",".join(entries[start : start + per_page])
+            + '],"pagination_token":'
+            + token
+            + "}"
+        )
+        bodies.append(page.encode())
+    return bodies
 
-    name = "bench"
 
-    def __init__(self, pages: list[list[dict[str, Any]]]) -> None:
-        self.pages = pages
+def _served_pages(bodies: list[bytes]) -> Any:
+    """The real XaiProvider, its GET of result pages answered from `bodies` (no network):
+    collect runs the provider's paging, decoding and normalizing as against the service."""
+    import orjson
 
-    def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
-        from tasks.providers.xai import normalize_result
+    from tasks.providers.xai import XaiProvider
 
-        for page in self.pages:
-            yield [normalize_result(item) for item in page]
+    class ServedPages(XaiProvider):
+        def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+            return orjson.loads(bodies[int((params or {}).get("pagination_token") or 0) // 1000])
+
+    return ServedPages("http://127.0.0.1:9/v1", api_key="bench", max_retries=0)
 
 
 def collect_grok_batch(source: Path, scratch: Path) -> dict[str, Any]:
-    """Result pages (decoded JSON, as the SDK hands them over) -> results Parquet, per shard."""
-    from emulator.completions import chat_completion
+    """Result pages (the HTTP bodies, shuffled) -> results Parquet, per shard. Also times
+    decoding the same bodies with orjson alone (the floor of any path through Python objects)."""
+    import gc
+
+    import orjson
+
     from tasks.infra.ledger import BatchRow, batch_name
     from tasks.infra.run_layout import RunPaths
     from tasks.stages.collect import collect_batch, paused_gc
 
     plan = _prepared(source, scratch)
     paths = RunPaths(scratch / "runs" / plan.run_key)
-    body = {"model": "grok-4.3", "messages": [{"role": "user", "content": "x"}]}
-    template = chat_completion(body, 0)
     manifest = pq.read_table(paths.manifest, columns=["custom_id", "shard"])
-    seconds = 0.0
+    rng = np.random.default_rng(2)
+    seconds = decode_seconds = 0.0
+    written = 0
     for shard in plan.shards:
         ids = manifest.filter(pa.compute.equal(manifest.column("shard"), shard.shard_no)).column("custom_id")
-        items = [
-            {"batch_request_id": cid, "batch_result": {"response": {"chat_get_completion": template}}}
-            for cid in ids.to_pylist()
-        ]
-        pages = [items[i : i + 1000] for i in range(0, len(items), 1000)]
+        bodies = _result_page_bodies(ids.to_pylist(), rng)  # setup: not timed
+        provider = _served_pages(bodies)
         name = batch_name(plan.run_key, 1, shard.shard_no)
         row = BatchRow(
             name,
@@ -196,11 +235,23 @@ def collect_grok_batch(source: Path, scratch: Path) -> dict[str, Any]:
             0,
             None,
         )
+        gc.collect()
         start = time.perf_counter()
         with paused_gc():  # as runner.collect_finished runs it
-            collect_batch(_PagesProvider(pages), paths, row)  # type: ignore[arg-type]
+            written += collect_batch(provider, paths, row).stat().st_size
         seconds += time.perf_counter() - start
-    return {"rows": plan.total_rows, "seconds": seconds}
+        start = time.perf_counter()
+        with paused_gc():
+            for body in bodies:
+                orjson.loads(body)
+        decode_seconds += time.perf_counter() - start
+    return {"rows": plan.total_rows, "seconds": seconds, "decode_seconds": decode_seconds, "bytes": written}
+
+
+def collect_join_io_floor(source: Path, scratch: Path) -> dict[str, Any]:
+    """pyarrow reading the input table plus writing as many bytes as collect's results files
+    and join's output hold: what collect + join must at least move."""
+    return io_floor(source, scratch, int(os.environ["BENCH_OUTPUT_BYTES"]))
 
 
 # -- the whole pipeline against the emulator ----------------------------------------------------
@@ -251,6 +302,7 @@ CASES: dict[str, Case] = {
     "prepare-pandas-baseline": prepare_pandas_baseline,
     "prepare-io-floor": io_floor,
     "collect": collect_grok_batch,
+    "collect-join-io-floor": collect_join_io_floor,
     "join": join_grok_batch,
     "join-pandas-baseline": join_pandas_baseline,
     "pipeline-emulator": pipeline_emulator,
