@@ -186,17 +186,17 @@ class ResultColumns:
     def table(self) -> pa.Table:
         """The records added since the last call, as a completion.RECORD_SCHEMA table."""
         n = len(self._ids)
-        prompt, output, cached, reasoning = (np.maximum(np.array(c, dtype=np.int64), 0) for c in self._counts)
+        prompt, output, cached, reasoning = (_counts(c) for c in self._counts)
         columns = {
             "custom_id": pa.array(self._ids, pa.string()),
             "status": pa.repeat(pa.scalar(SUCCEEDED), n),
             "response": pa.array(self._answers, pa.string()),
-            "finish_reason": pa.array(self._finish, pa.string()),
-            "model": pa.array(self._models, pa.string()),
-            "prompt_tokens": pa.array(prompt),
-            "completion_tokens": pa.array(output),
-            "reasoning_tokens": pa.array(reasoning),
-            "cached_tokens": pa.array(cached),
+            "finish_reason": _strings(self._finish),
+            "model": _strings(self._models),
+            "prompt_tokens": prompt,
+            "completion_tokens": output,
+            "reasoning_tokens": reasoning,
+            "cached_tokens": cached,
             "service_cost_usd": _usd(self._ticks),
             "error": pa.nulls(n, pa.string()),
             "retryable": pa.repeat(pa.scalar(False), n),
@@ -212,6 +212,21 @@ class ResultColumns:
         self.rows = 0
         self._clear()
         return table
+
+
+def _strings(values: list[Any]) -> pa.Array:
+    """A string column; one value repeated (a model, finish_reason "stop") is not converted
+    row by row."""
+    if values and type(values[0]) is str and values.count(values[0]) == len(values):
+        return pa.repeat(pa.scalar(values[0], pa.string()), len(values))
+    return pa.array(values, pa.string())
+
+
+def _counts(values: list[int]) -> pa.Array:
+    """A token count column from ints: negative reads 0, as Usage does."""
+    if values and values.count(values[0]) == len(values):  # often all 0 (cached, reasoning)
+        return pa.repeat(pa.scalar(max(values[0], 0), pa.int64()), len(values))
+    return pa.array(np.maximum(np.array(values, dtype=np.int64), 0))
 
 
 def _usd(ticks: list[int | None]) -> pa.Array:
