@@ -290,3 +290,46 @@ def test_the_console_check_sees_what_a_page_logs(tmp_path: Path) -> None:
     )
     _, console = browse(page, tmp_path / "profile")
     assert len(console) == 1 and "probe-7f3a" in console[0]
+
+
+IMAGE_PROBE = """<img id="chart" src="{src}">
+<script>
+addEventListener('load', () => {{
+  const img = document.getElementById('chart');
+  document.body.dataset.probe = JSON.stringify({{width: img.naturalWidth, height: img.naturalHeight}});
+}});
+</script>"""
+
+
+def test_the_prefect_report_artifact_shows_the_status_chart_as_an_image(
+    real_run: Run, prefect_harness: None, tmp_path: Path
+) -> None:
+    """The markdown artifact carries the chart as a data-URI SVG right under its title (Prefect's
+    UIs draw data:image/ sources in markdown), names the HTML report, and the image decodes."""
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from flows.artifacts import publish_summary
+
+    @flow(name="publish-report-artifact")
+    def publish() -> None:
+        publish_summary(real_run.summary, real_run.summary.run_key)
+
+    publish()
+    artifact = Artifact.get(key=f"grok-batch-report-{real_run.summary.run_key}")
+    assert artifact is not None and isinstance(artifact.data, str)
+    lines = artifact.data.split("\n")
+    assert lines[0] == f"# grok-batch run {real_run.summary.run_key}"
+    image = re.fullmatch(r"!\[rows by status\]\((data:image/svg\+xml;base64,[A-Za-z0-9+/=]+)\)", lines[2])
+    assert image, lines[2][:200]
+    assert f"All charts: `{html_report_path(real_run.output)}`" in lines
+    assert "| status | rows |" in lines  # the markdown report follows
+
+    page = tmp_path / "image.html"
+    page.write_text(
+        f"<!DOCTYPE html><html><body>{IMAGE_PROBE.format(src=image[1])}</body></html>", encoding="utf-8"
+    )
+    dom, console = browse(page, tmp_path / "profile")
+    assert console == []
+    found = tree(dom).find("body")[0]["attrs"].get("data-probe")
+    assert found and json.loads(found)["width"] == 720, found  # a real image of the chart's size
