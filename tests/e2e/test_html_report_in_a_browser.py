@@ -316,7 +316,7 @@ def test_the_prefect_report_artifact_shows_the_status_chart_as_an_image(
         publish_summary(real_run.summary, real_run.summary.run_key)
 
     publish()
-    artifact = Artifact.get(key=f"grok-batch-report-{real_run.summary.run_key}")
+    artifact: Any = Artifact.get(key=f"grok-batch-report-{real_run.summary.run_key}")  # sync here
     assert artifact is not None and isinstance(artifact.data, str)
     lines = artifact.data.split("\n")
     assert lines[0] == f"# grok-batch run {real_run.summary.run_key}"
