@@ -38,6 +38,7 @@ class RunSummary:
     batches: list[dict[str, Any]] = field(default_factory=list)
     rejected_files: list[str] = field(default_factory=list)
     error_examples: list[tuple[str, int, str]] = field(default_factory=list)  # error, rows, a custom_id
+    notes: list[str] = field(default_factory=list)  # what the reader must know, e.g. an export refused
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -221,6 +222,7 @@ def render_markdown(summary: RunSummary) -> str:
         f"- rows: {summary.rows}, rounds: {summary.rounds}",
         *cost_lines(summary),
         *service_files_lines(summary),
+        *(["", "## Notes", "", *(f"- {note}" for note in summary.notes)] if summary.notes else []),
         "",
         "| status | rows |",
         "|---|---|",
