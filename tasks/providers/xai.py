@@ -341,7 +341,7 @@ class XaiProvider(SdkProvider):
         for items in self._result_items(batch_id):
             yield [normalize_result(item) for item in items]
 
-    def iter_result_tables(self, batch_id: str, group_rows: int = 8192) -> Iterator[pa.Table]:
+    def iter_result_tables(self, batch_id: str, group_rows: int = 16_384) -> Iterator[pa.Table]:
         """The records iter_results gives, as completion.RECORD_SCHEMA tables of a page or a
         few (at least `group_rows` rows each but the last), built column by column."""
         columns = ResultColumns()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,36 @@ def collect_batch(
     return write_results(paths, row, pages, missing_outcome(BatchState(row.state), row.message), check)
 
 
+class WriteBehind:
+    """Writes each table on a thread while the next one is made (collect: decoded; join: read
+    and joined): Parquet encoding and compression release the GIL, so the two overlap on a
+    second core. One write at a time, in order; a failed write raises at the next write or
+    at exit, which waits for the last write (close the writer only after it)."""
+
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self._writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-write")
+        self._pending: Future[None] | None = None
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._wait()  # the writer is closed only after its last write
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def write_results(
     paths: RunPaths,
     row: BatchRow,
@@ -171,17 +202,17 @@ def write_results(
     target = paths.results(row.batch_name)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".parquet.partial")
-    with pq.ParquetWriter(partial, RESULT_SCHEMA) as writer:
+    with pq.ParquetWriter(partial, RESULT_SCHEMA) as writer, WriteBehind(writer) as behind:
         for page in pages:
             fresh = first.fresh(page if isinstance(page, pa.Table) else records_table(page))
             if check is not None:
                 fresh = check.table(fresh)
             if fresh.num_rows:
-                writer.write_table(with_batch(fresh, row.batch_id, row.round_no))
+                behind.write(with_batch(fresh, row.batch_id, row.round_no))
             crashpoint(WHILE_COLLECTING)
         absent = first.absent()
         if len(absent):
-            writer.write_table(with_batch(missing_records(absent, *missing), row.batch_id, row.round_no))
+            behind.write(with_batch(missing_records(absent, *missing), row.batch_id, row.round_no))
     partial.replace(target)
     return target
 

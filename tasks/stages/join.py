@@ -9,7 +9,6 @@ or two shards under it, and the retried rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from tasks.money.pricing import price_sheet
 from tasks.money.row_cache import CacheWriter
 from tasks.spec.answer_schema import output_fields, typed_columns
 from tasks.spec.job import JobSpec
-from tasks.stages.collect import service_files_deleted
+from tasks.stages.collect import WriteBehind, service_files_deleted
 from tasks.stages.report import Tally
 
 
@@ -231,7 +230,7 @@ def write_output(
     try:
         with (
             pq.ParquetWriter(partial, pa.schema(list(schema) + columns.fields)) as writer,
-            _WriteBehind(writer) as behind,
+            WriteBehind(writer) as behind,
         ):
             for batch in source.batches(schema=schema):
                 rows = manifest.take(batch.num_rows)
@@ -259,35 +258,6 @@ def write_output(
     tally.service_files_deleted = service_files_deleted(paths)
     tally.service_files_kept = job.keep_service_files
     return tally
-
-
-class _WriteBehind:
-    """Writes each chunk on a thread while the next one is read and joined: Parquet encoding
-    and compression release the GIL, so the two overlap on a second core. One write at a
-    time, in order; a failed write raises at the next write or at exit."""
-
-    def __init__(self, writer: pq.ParquetWriter) -> None:
-        self._writer = writer
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="join-write")
-        self._pending: Future[None] | None = None
-
-    def write(self, table: pa.Table) -> None:
-        self._wait()
-        self._pending = self._pool.submit(self._writer.write_table, table)
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def __enter__(self) -> _WriteBehind:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._wait()  # the writer is closed only after its last write
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 def _unchanged_input(plan: RunPlan) -> TableSource:
