@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tasks.infra.errors import GrokBatchError, InputError, JobSpecError
 from tasks.infra.processes import holder_is_dead, this_holder
-from tasks.infra.table_io import FORMATS, file_sha256
+from tasks.infra.table_io import file_sha256, split_table_name, table_suffix
 from tasks.spec.job import JobSpec, build_job
 from tasks.spec.template_check import check_template_in_child
 
@@ -78,7 +78,7 @@ def settled_tables(inbox: Path, settle_s: float, now: float | None = None) -> li
     moment = time.time() if now is None else now
     found = []
     for path in sorted(inbox.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in FORMATS:
+        if path.name.startswith(".") or table_suffix(path) is None:
             continue
         if not (path.is_symlink() or path.is_file()):
             continue
@@ -99,7 +99,7 @@ _OPERATOR_ONLY_FIELDS = {
 
 def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
     """name.job.yaml beside the table, else the inbox default; output is never the job's choice."""
-    own = table.with_name(table.stem + JOB_SUFFIX)
+    own = table.with_name(_stem(table.name) + JOB_SUFFIX)
     if own.name == DEFAULT_JOB_NAME:  # default.csv: the shared job is not its own to take away
         own = layout.inbox / ".no-own-job"
     job_file = own if own.exists() else layout.inbox / DEFAULT_JOB_NAME
@@ -129,14 +129,15 @@ def claim(table: Path, layout: InboxLayout) -> Claimed | None:
         sha = file_sha256(table)
     except FileNotFoundError:
         return None  # a scan running beside this one claimed it first
-    target = layout.processing / f"{table.stem}--{sha[:12]}{table.suffix}"
+    stem, suffix = split_table_name(table.name)  # reviews.csv.gz -> reviews--<sha>.csv.gz
+    target = layout.processing / f"{stem}--{sha[:12]}{suffix}"
     try:
         os.rename(table, target)  # atomic within one file system: exactly one scanner wins
     except FileNotFoundError:
         return None
     _claim_marker(target).write_text(this_holder(), encoding="utf-8")  # who prepares it, till recorded
     if own_job.exists():
-        shutil.copy2(own_job, target.with_name(target.stem + JOB_SUFFIX))
+        shutil.copy2(own_job, target.with_name(_stem(target.name) + JOB_SUFFIX))
         own_job.unlink()
     return Claimed(name=table.name, path=target, sha256=sha, job=job)
 
@@ -158,7 +159,7 @@ def stranded(layout: InboxLayout, recorded: set[Path], now: float | None = None)
     moment = time.time() if now is None else now
     found = []
     for path in sorted(layout.processing.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in FORMATS or path.resolve() in recorded:
+        if path.name.startswith(".") or table_suffix(path) is None or path.resolve() in recorded:
             continue
         marker = _claim_marker(path)
         holder = marker.read_text(encoding="utf-8").strip() if marker.exists() else ""
@@ -172,18 +173,19 @@ def return_to_inbox(processing_path: Path, layout: InboxLayout) -> Path:
     """Put a stranded claim back where it was dropped (with its own job), for the next scan."""
     name = dropped_name(processing_path)
     target = _free_path(layout.inbox, name)
-    job = processing_path.with_name(processing_path.stem + JOB_SUFFIX)
+    job = processing_path.with_name(_stem(processing_path.name) + JOB_SUFFIX)
     if job.exists():
-        shutil.move(job, _free_path(layout.inbox, Path(target.name).stem + JOB_SUFFIX))
+        shutil.move(job, _free_path(layout.inbox, _stem(target.name) + JOB_SUFFIX))
     shutil.move(processing_path, target)
     _claim_marker(processing_path).unlink(missing_ok=True)
     return target
 
 
 def dropped_name(processing_path: Path) -> str:
-    """reviews--0123456789ab.csv -> reviews.csv"""
-    stem, _, _ = processing_path.stem.rpartition("--")
-    return (stem or processing_path.stem) + processing_path.suffix
+    """reviews--0123456789ab.csv -> reviews.csv (reviews--0123456789ab.csv.gz -> reviews.csv.gz)"""
+    named, suffix = split_table_name(processing_path.name)
+    stem, _, _ = named.rpartition("--")
+    return (stem or named) + suffix
 
 
 def output_for(
@@ -191,7 +193,7 @@ def output_for(
 ) -> Path:
     """outbox/name.parquet, or name--<sha>.parquet when another content holds or will hold
     that name (`taken`: the outputs of runs still open)."""
-    stem = Path(name).stem
+    stem = _stem(name)
     plain = layout.outbox / f"{stem}.parquet"
     if plain.exists() or plain in taken or plain.resolve() in {p.resolve() for p in taken}:
         return layout.outbox / f"{stem}--{sha256[:12]}.parquet"
@@ -200,11 +202,17 @@ def output_for(
 
 def _free_path(folder: Path, name: str) -> Path:
     candidate = folder / name
+    stem, suffix = split_table_name(name)
     counter = 1
     while candidate.exists():
-        candidate = folder / f"{Path(name).stem}.{counter}{Path(name).suffix}"
+        candidate = folder / f"{stem}.{counter}{suffix}"
         counter += 1
     return candidate
+
+
+def _stem(name: str) -> str:
+    """A file name without its table suffix, compound ones whole: reviews.csv.gz -> reviews."""
+    return split_table_name(name)[0]
 
 
 def archive(processing_path: Path, layout: InboxLayout) -> Path:
@@ -212,7 +220,7 @@ def archive(processing_path: Path, layout: InboxLayout) -> Path:
     target = _free_path(layout.archive, processing_path.name)
     shutil.move(processing_path, target)
     _claim_marker(processing_path).unlink(missing_ok=True)
-    job = processing_path.with_name(processing_path.stem + JOB_SUFFIX)
+    job = processing_path.with_name(_stem(processing_path.name) + JOB_SUFFIX)
     if job.exists():
         shutil.move(job, _free_path(layout.archive, job.name))
     return target
@@ -225,14 +233,14 @@ def fail(path: Path, error: Exception | str, layout: InboxLayout) -> Path:
     if path.exists():
         shutil.move(path, target)
     _claim_marker(path).unlink(missing_ok=True)
-    job = path.with_name(path.stem + JOB_SUFFIX)  # beside it, in the inbox or in processing/
+    job = path.with_name(_stem(path.name) + JOB_SUFFIX)  # beside it, in the inbox or in processing/
     if job.exists():
-        shutil.move(job, _free_path(layout.failed, Path(name).stem + JOB_SUFFIX))
+        shutil.move(job, _free_path(layout.failed, _stem(name) + JOB_SUFFIX))
     message = str(error)
     kind = "The job or the file needs a fix" if isinstance(error, GrokBatchError) else "Unexpected error"
     note = (
         f"# {name} could not be processed\n\n{kind}:\n\n```\n{message}\n```\n\n"
         f"Fix it and drop the file into the inbox again ({layout.inbox}).\n"
     )
-    target.with_name(Path(target.name).stem + ".error.md").write_text(note, encoding="utf-8")
+    target.with_name(_stem(target.name) + ".error.md").write_text(note, encoding="utf-8")
     return target
