@@ -104,7 +104,9 @@ _NOT_FINGERPRINTED = {
     "sync_requests_per_minute",
     "sync_tokens_per_minute",
     "keep_service_files",
+    "output_formats",  # copies of the output written after the run; the requests are the same
 }
+OUTPUT_FORMATS = ("csv", "xlsx")  # besides the Parquet, which is always written
 
 
 class JobSpec(BaseModel):
@@ -162,11 +164,28 @@ class JobSpec(BaseModel):
         default=DEFAULT_SHARD_BYTES, ge=1024, le=200 * 1024 * 1024, description="Bytes per batch file"
     )
     result_prefix: str = Field(default="", description="Prefix for the added columns, e.g. grok_")
+    sheet: str | None = Field(
+        default=None, min_length=1, description="An Excel input's sheet to read (default: the first)"
+    )
+    output_formats: list[Literal["csv", "xlsx"]] = Field(
+        default_factory=list,
+        description="Also write the output as NAME.csv and/or NAME.xlsx beside NAME.parquet",
+    )
 
     @field_validator("prompt")
     @classmethod
     def _prompt_parses(cls, value: str) -> str:
         _template(value)  # raises ValueError with the template's own complaint
+        return value
+
+    @field_validator("output_formats", mode="before")
+    @classmethod
+    def _formats_listed_once(cls, value: Any) -> Any:
+        """`output_formats: xlsx` is a list of one; each format is written once."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            value = list(dict.fromkeys(v.lower() if isinstance(v, str) else v for v in value))
         return value
 
     @field_validator("params")
@@ -251,7 +270,10 @@ class JobSpec(BaseModel):
     def fingerprint(self) -> str:
         """Hash of everything that changes the requests sent or how (not where output
         goes, nor client-side pacing, which may be tuned on a rerun)."""
-        relevant = self.model_dump(exclude=_NOT_FINGERPRINTED)
+        # The sheet read is part of the input (another sheet, another run); a job naming none
+        # keeps the fingerprint it had before the field existed.
+        unset = {"sheet"} if self.sheet is None else set()
+        relevant = self.model_dump(exclude=_NOT_FINGERPRINTED | unset)
         canonical = json.dumps(relevant, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
