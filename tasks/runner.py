@@ -24,6 +24,7 @@ from tasks.providers.base import BatchProvider
 from tasks.spec.job import JobSpec
 from tasks.stages.answer_sync import SyncLimits, answer_planned
 from tasks.stages.collect import answer_checker, collect_batch, delete_service_files, paused_gc
+from tasks.stages.export import export_output
 from tasks.stages.join import write_output
 from tasks.stages.poll import poll_open
 from tasks.stages.reconcile import plan_follow_up
@@ -319,6 +320,9 @@ def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> 
         model=job.model,
         mode=handle.plan.mode,
     )
+    # CSV/Excel copies from the written Parquet; what one cannot hold is a note, never a cut.
+    inputs = (Path(handle.input), Path(handle.plan.input_path))
+    summary.notes += export_output(output, job.output_formats, overwrite=overwrite, keep=inputs)
     report = render_markdown(summary)
     handle.paths.report.write_text(report, encoding="utf-8")
     report_path(output).write_text(report, encoding="utf-8")
