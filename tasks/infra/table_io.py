@@ -505,6 +505,7 @@ class TableSource:
                 worksheet.reset_dimensions()  # read every row, whatever size the file claims
                 title = str(worksheet.title)
                 number = 0
+                yield title, 0, ()  # the title, also for a sheet with no rows at all
                 try:
                     for number, row in enumerate(worksheet.iter_rows(values_only=True), start=1):
                         yield title, number, row
@@ -574,8 +575,7 @@ class TableSource:
                 yield title, header, first, block
                 block = []
         if header is None:
-            where = f"{self.path}, sheet {title!r}" if title else str(self.path)
-            raise InputError(f"{where} is empty: no header row")
+            raise InputError(f"{self.path}, sheet {title!r} is empty: no header row")
         yield title, header, first, block
 
     def _scan_sheet(self) -> _Scan:

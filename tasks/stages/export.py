@@ -278,14 +278,11 @@ def _cut(text: str) -> str:
 def _excel_integers(column: pa.Array, name: str, changes: _Changes) -> list[Any]:
     values: list[Any] = column.to_pylist()
     limit = 10**EXCEL_EXACT_DIGITS
-    if pa.types.is_unsigned_integer(column.type):
-        long = (
-            pc.greater_equal(column, pa.scalar(limit, column.type)) if column.type.bit_width >= 64 else None
-        )
-    elif column.type.bit_width >= 64:
-        long = pc.greater_equal(pc.abs_checked(pc.cast(column, pa.float64())), float(limit))
-    else:
-        long = None
+    long = None  # 32-bit and smaller integers have at most 10 digits
+    if column.type.bit_width >= 64:
+        long = pc.greater_equal(column, pa.scalar(limit, column.type))
+        if pa.types.is_signed_integer(column.type):
+            long = pc.or_(long, pc.less_equal(column, pa.scalar(-limit, column.type)))
     if long is not None:
         for index in pc.indices_nonzero(pc.fill_null(long, False)).to_pylist():
             values[index] = str(values[index])
