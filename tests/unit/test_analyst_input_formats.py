@@ -192,7 +192,7 @@ def workbook(path: Path, sheets: dict[str, list[list[object]]]) -> Path:
     return path
 
 
-SHEET = [
+SHEET: list[list[object]] = [
     [None],  # rows before the header that hold nothing are skipped
     ["id", "n", "x", "ok", "day", "at", "mixed", "note"],
     ["007", 1, 1, True, dt.datetime(2024, 5, 1), dt.datetime(2024, 5, 1, 13, 30), 3, "a"],
