@@ -66,6 +66,7 @@ def check(
     if output is not None:
         check_output_path(output, overwrite)
     job = pinned(job, source)
+    source = source.with_sheet(job.sheet)  # an Excel input's sheet is the job's to name
     if job.mode == "batch":  # sync does not touch the batch endpoint; auto avoids it (prepare)
         warning = check_batch_model(job.model, job.catalog_path, job.provider)
         if warning:
@@ -126,7 +127,8 @@ def dry_run(source: TableSource, job: JobSpec, runs_root: Path) -> Estimate:
     """Prepare the run's request files (a later real run reuses them) and estimate it;
     nothing is uploaded and the ledger is not touched."""
     checked = check(source, job, None)
-    return estimate_plan(prepare_run(source, checked.job, runs_root, checked.identity.input_sha), checked.job)
+    plan = prepare_run(checked.source, checked.job, runs_root, checked.identity.input_sha)
+    return estimate_plan(plan, checked.job)
 
 
 def _name_from(path: Path) -> str:

@@ -15,7 +15,18 @@ if TYPE_CHECKING:
     from tasks.spec.job import JobSpec
 
 # -- the table and the job: run and estimate -----------------------------------------------------
-InputPath = Annotated[Path, typer.Argument(metavar="INPUT", help="A .csv or .parquet table.")]
+InputPath = Annotated[
+    Path,
+    typer.Argument(
+        metavar="INPUT",
+        help="A table: .csv (also .csv.gz/.bz2/.zst/.lz4), .jsonl/.ndjson, .xlsx or .parquet.",
+    ),
+]
+Sheet = Annotated[str | None, typer.Option(help="The sheet of an .xlsx input (default: the first).")]
+OutputFormat = Annotated[
+    list[str] | None,
+    typer.Option("--output-format", help="Also write the output as csv or xlsx (repeatable)."),
+]
 JobFile = Annotated[Path | None, typer.Option("--job", "-j", help="Job YAML; flags override it.")]
 Model = Annotated[str | None, typer.Option(help="Model, e.g. grok-4.3.")]
 Prompt = Annotated[str | None, typer.Option(help="Template with {{ column }} placeholders.")]
@@ -66,6 +77,7 @@ _PLAIN_FIELDS = (
     "shard_max_lines",
     "shard_max_bytes",
     "max_cost_usd",
+    "sheet",
 )
 
 
@@ -77,6 +89,7 @@ def job_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
     overrides["catalog"] = _str_or_none(flags.get("catalog"))
     overrides["cache"] = None if flags.get("cache", True) else False
     overrides["output"] = _str_or_none(flags.get("output"))
+    overrides["output_formats"] = flags.get("output_format") or None
     return overrides
 
 

@@ -116,6 +116,8 @@ def show_result(result: dict[str, Any], data_dir: Path) -> None:
     )
     for line in cost_lines(RunSummary(**summary)):
         console.print(line.removeprefix("- ").replace("**", ""), markup=False)
+    for note in summary.get("notes") or []:
+        err_console.print(f"[bold yellow]note:[/] {escape(note)}", soft_wrap=True, highlight=False)
     for text in summary["rejected_files"]:
         err_console.print(f"[bold red]Rejected by the service:[/] {text}")
     console.print(f"output: [bold]{summary['output_path']}[/]")

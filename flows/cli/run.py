@@ -19,10 +19,12 @@ from flows.cli.options import (
     MaxWait,
     Mode,
     Model,
+    OutputFormat,
     Overwrite,
     Params,
     Prompt,
     Provider,
+    Sheet,
     job_spec,
 )
 from flows.cli.render import fail, run_and_show, show_estimate
@@ -77,6 +79,8 @@ def run(
     cache: Cache = True,
     dry_run: DryRun = False,
     output: Output = None,
+    output_format: OutputFormat = None,
+    sheet: Sheet = None,
     overwrite: Overwrite = False,
     encoding: Encoding = "utf-8",
     wait: Wait = True,
@@ -128,6 +132,7 @@ def estimate(
     param: Params = None,
     max_cost_usd: MaxCostUsd = None,
     catalog: Catalog = None,
+    sheet: Sheet = None,
     encoding: Encoding = "utf-8",
     data_dir: DataDir = DATA_DIR,
 ) -> None:

@@ -115,7 +115,7 @@ def job_for(table: Path, layout: InboxLayout) -> tuple[Path, JobSpec]:
             raise JobSpecError(f"{job_file.name}: field `{field}` is not allowed in an inbox job; {why}")
     # An untrusted template first renders the table's first rows in a process that can be
     # killed (time and memory limits): one that hangs or blows up fails this drop alone.
-    check_template_in_child(job.prompt, table, label=job_file.name)
+    check_template_in_child(job.prompt, table, label=job_file.name, sheet=job.sheet)
     return own, job
 
 

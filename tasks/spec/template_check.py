@@ -34,6 +34,7 @@ def check_template_in_child(
     table: Path,
     *,
     label: str,
+    sheet: str | None = None,
     rows: int = CHECK_ROWS,
     timeout_s: float = CHECK_SECONDS,
     memory_bytes: int = CHECK_MEMORY_BYTES,
@@ -44,7 +45,7 @@ def check_template_in_child(
     template = PromptTemplate(prompt)
     if template.simple_parts is not None:
         return  # pure substitution: no template code runs
-    sample = _sample(table, template.columns, rows)
+    sample = _sample(TableSource(table).with_sheet(sheet), template.columns, rows)
     if sample is None:
         return
     columns, count = sample
@@ -81,8 +82,7 @@ def check_template_in_child(
     )
 
 
-def _sample(table: Path, columns: list[str], rows: int) -> tuple[dict[str, list[str]], int] | None:
-    source = TableSource(table)
+def _sample(source: TableSource, columns: list[str], rows: int) -> tuple[dict[str, list[str]], int] | None:
     try:
         schema = source.schema()
         if any(c not in schema.names for c in columns):

@@ -63,3 +63,43 @@ def test_status_of_an_empty_data_dir_creates_nothing(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--data-dir", str(tmp_path / "nothing")])
     assert result.exit_code == 0 and "no runs yet" in result.output
     assert not (tmp_path / "nothing").exists()
+
+
+def test_an_excel_sheet_in_and_csv_and_excel_copies_out(tmp_path: Path, emulator: RunningEmulator) -> None:
+    from openpyxl import Workbook, load_workbook
+
+    book = Workbook()
+    book.active.append(["text"])
+    book.active.append(["not this sheet"])
+    sheet = book.create_sheet("Reviews 2024")
+    for row in (["text"], ["I love it"], ["broken"]):
+        sheet.append(row)
+    src = tmp_path / "in.xlsx"
+    book.save(src)
+    out = tmp_path / "out.parquet"
+    args = [
+        "run",
+        str(src),
+        "--sheet",
+        "Reviews 2024",
+        "--model",
+        "grok-4.3",
+        "--prompt",
+        "Classify: {{ text }}",
+    ]
+    args += [
+        "--output-format",
+        "csv",
+        "--output-format",
+        "xlsx",
+        "-o",
+        str(out),
+        "--data-dir",
+        str(tmp_path / "d"),
+    ]
+    result = runner.invoke(app, [*args, "--poll-interval", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).column("text").to_pylist() == ["I love it", "broken"]
+    assert (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()[1].startswith('"I love it"')
+    copied = load_workbook(tmp_path / "out.xlsx", read_only=True).active
+    assert [row[0] for row in copied.iter_rows(values_only=True)] == ["text", "I love it", "broken"]

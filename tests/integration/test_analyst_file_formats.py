@@ -183,13 +183,6 @@ def test_a_named_excel_sheet_gets_the_answers_of_the_same_table_as_csv(
     assert pq.read_table(output).column_names[:3] == COLUMNS
 
 
-@pytest.mark.xfail(
-    raises=InputError,
-    strict=True,
-    reason="tasks/start.py check() does not yet read the job's `sheet` into the TableSource "
-    "(source = source.with_sheet(job.sheet)); until it does, a job's sheet reaches only a "
-    "TableSource given it. Remove this mark when it does.",
-)
 def test_the_jobs_sheet_field_alone_picks_the_sheet(tmp_path: Path, emulator: RunningEmulator) -> None:
     path = write_xlsx_named(tmp_path / "reviews.xlsx")
     job = build_job(None, {**JOB, "sheet": "Reviews 2024"})

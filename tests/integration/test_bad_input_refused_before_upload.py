@@ -67,7 +67,8 @@ def a_folder(tmp: Path) -> Path:
 CASES = [
     ("missing file", missing, JOB, r"nope.csv does not exist"),
     ("not a file", a_folder, JOB, r"folder.csv is not a file"),
-    ("unsupported format", write("t.xlsx", b"PK\x03\x04"), JOB, r"t.xlsx: unsupported format '.xlsx'"),
+    ("unsupported format", write("t.xls", b"\xd0\xcf\x11\xe0"), JOB, r"t.xls: unsupported format '.xls'"),
+    ("not a workbook", write("t.xlsx", b"PK\x03\x04"), JOB, r"t.xlsx is not a readable Excel workbook"),
     ("empty file", write("e.csv", b""), JOB, r"e.csv is empty"),
     ("header only", write("h.csv", b"id,text\n"), JOB, r"h.csv has a header but no data rows"),
     (
