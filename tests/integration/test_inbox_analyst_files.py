@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from emulator import RunningEmulator
-from flows.collect import collect_pending
 from flows.scan_inbox import scan_inbox
+from tests.integration.test_inbox import collect_until_idle
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 TEXTS = ["great kettle", "arrived broken, Rückgabe", "一般般", "fine", "=2+2 is text"]
@@ -24,13 +24,6 @@ TEXTS = ["great kettle", "arrived broken, Rückgabe", "一般般", "fine", "=2+2
 
 def settle(path: Path) -> None:
     os.utime(path, (time.time() - 60, time.time() - 60))
-
-
-def collect_until_idle(data: Path, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while collect_pending(data_dir=str(data))["advanced"]:
-        assert time.monotonic() < deadline, "runs did not finish"
-        time.sleep(0.2)
 
 
 def test_a_dropped_workbook_comes_back_as_parquet_and_workbook(
