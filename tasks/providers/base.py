@@ -17,6 +17,7 @@ from tasks.lifecycle import BatchState
 
 if TYPE_CHECKING:
     import openai
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ class BatchProvider(ABC):
     @abstractmethod
     def iter_results(self, batch_id: str) -> Iterator[list[dict[str, Any]]]:
         """Pages of normalized records (providers.completion), in the service's order."""
+
+    def iter_result_tables(self, batch_id: str) -> Iterator[pa.Table]:
+        """The same records as Arrow tables (RECORD_SCHEMA); a provider that can read its pages
+        column by column overrides this (xAI), the others give their pages converted."""
+        from tasks.providers.completion import records_table
+
+        for page in self.iter_results(batch_id):
+            yield records_table(page)
 
     @abstractmethod
     def cancel(self, batch_id: str) -> None: ...

@@ -4,7 +4,7 @@ record for every request the shard held, so no row can go silently missing."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +55,8 @@ def missing_outcome(state: BatchState, message: str | None) -> tuple[str, str, b
         return CANCELLED, "the batch was cancelled before this request was processed", False
     if state == BatchState.EXPIRED:
         return EXPIRED, "the batch expired before this request was processed", True
+    if state == BatchState.GONE:
+        return FAILED, f"the service no longer knows this batch: {message}", True
     return FAILED, "no result came back for this request although the batch finished", True
 
 
@@ -118,13 +120,6 @@ def answer_checker(schema: dict[str, Any] | None, retry: bool) -> AnswerCheck | 
     return None if schema is None else AnswerCheck(schema, retry)
 
 
-def result_pages(provider: BatchProvider, batch_id: str) -> Iterator[pa.Table | list[dict[str, Any]]]:
-    """A batch's records as the provider gives them: Arrow tables where it builds them
-    column by column (xAI: `iter_result_tables`), pages of dicts otherwise."""
-    tables: Callable[[str], Iterator[pa.Table]] | None = getattr(provider, "iter_result_tables", None)
-    return tables(batch_id) if tables is not None else provider.iter_results(batch_id)
-
-
 class _FirstPerMember:
     """Keeps the first record of each member of the shard, across pages, vectorized."""
 
@@ -154,7 +149,9 @@ def collect_batch(
     assert row.state is not None
     if row.batch_id is None:
         return write_results(paths, row, [], UNSENT_CANCELLED, check)
-    pages = result_pages(provider, row.batch_id) if row.state != BatchState.REJECTED else iter(())
+    # A rejected file has no results, and a batch the service forgot has none to give.
+    unread = row.state in (BatchState.REJECTED, BatchState.GONE)
+    pages = provider.iter_result_tables(row.batch_id) if not unread else iter(())
     return write_results(paths, row, pages, missing_outcome(BatchState(row.state), row.message), check)
 
 
