@@ -23,6 +23,7 @@ from bench.generate import write_table
 PANDAS_MAX_ROWS = 2_000_000  # the pandas baselines take minutes and many GB beyond this
 PREPARE_CASES = ("prepare", "prepare-io-floor", "prepare-pandas-baseline", "pipeline-emulator")
 THROUGHPUT_CASES = ("collect", "join", "join-pandas-baseline", "collect-join-io-floor")
+START_UP_CASES = ("start-up",)  # bench.start_up: --help, 2-row and 120k-row runs, time to first call
 
 
 def run_case(
@@ -155,8 +156,9 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         type=lambda text: set(text.split(",")),
-        default=set(PREPARE_CASES + THROUGHPUT_CASES),
-        help=f"comma-separated cases to run (default: all): {','.join(PREPARE_CASES + THROUGHPUT_CASES)}",
+        default=set(PREPARE_CASES + THROUGHPUT_CASES + START_UP_CASES),
+        help="comma-separated cases to run (default: all): "
+        + ",".join(PREPARE_CASES + THROUGHPUT_CASES + START_UP_CASES),
     )
     parser.add_argument("--work", type=Path, help="keep generated tables here (default: a temp folder)")
     args = parser.parse_args()
@@ -164,7 +166,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"grok-batch benchmarks on {os.cpu_count()} cores; tables in {work}")
     cases = args.cases - ({"pipeline-emulator"} if args.no_pipeline else set())
-    unknown = cases - set(PREPARE_CASES + THROUGHPUT_CASES)
+    unknown = cases - set(PREPARE_CASES + THROUGHPUT_CASES + START_UP_CASES)
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     results: dict[int, dict[str, dict[str, Any]]] = {}
@@ -190,6 +192,11 @@ def main() -> None:
             )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
+
+    if "start-up" in cases:  # whole command-line runs against an instant emulator (bench.start_up)
+        from bench.start_up import run_start_up
+
+        run_start_up()
 
 
 if __name__ == "__main__":
