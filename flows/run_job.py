@@ -149,11 +149,11 @@ def _on_failed(ledger: Ledger, run: dict[str, Any], exc: Exception) -> None:
         # the run open for the next try.
         if run["state"] in (RunState.OPEN, RunState.COMPLETE):
             ledger.update_run(run["run_key"], state=RunState.FAILED)
-        settle_dropped_file(ledger, run, inbox.InboxLayout.under(Path(run["run_dir"]).parent.parent), exc)
+        settle_dropped_file(ledger, run, _layout_of(Path(run["run_dir"])), exc)
 
 
-def _layout_of(handle: runner.RunHandle) -> inbox.InboxLayout:
-    return inbox.InboxLayout.under(handle.run_dir.parent.parent)  # DATA_DIR/runs/<run>
+def _layout_of(run_dir: Path) -> inbox.InboxLayout:
+    return inbox.InboxLayout.under(run_dir.parent.parent)  # DATA_DIR/runs/<run>
 
 
 def _advance_or_wait(
@@ -169,7 +169,7 @@ def _advance_or_wait(
     if progress.complete:
         summary = finish_and_publish(ledger, handle, output_path, overwrite)
         ledger.update_run(handle.run_key, flow_run_id=None, progress_artifact_id=None)
-        settle_dropped_file(ledger, run, _layout_of(handle))
+        settle_dropped_file(ledger, run, _layout_of(handle.run_dir))
         return {"run_key": handle.run_key, "state": "finished", "summary": summary.as_dict()}
     if not mine:
         emit_run_event("submitted", run, {"rows": handle.plan.total_rows, "mode": handle.plan.mode})
