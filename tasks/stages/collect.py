@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tasks.infra.crashpoints import WHILE_COLLECTING, crashpoint
 from tasks.infra.errors import ProviderError
 from tasks.infra.ledger import BatchRow
 from tasks.infra.logs import LOGGER
+from tasks.infra.parquet_writes import WriteBehind
 from tasks.infra.records import CANCELLED, EXPIRED, FAILED, INVALID_OUTPUT, RESULT_SCHEMA, SUCCEEDED
 from tasks.infra.run_layout import RunPaths
 from tasks.providers.base import BatchProvider, BatchState
@@ -153,36 +153,6 @@ def collect_batch(
     unread = row.state in (BatchState.REJECTED, BatchState.GONE)
     pages = provider.iter_result_tables(row.batch_id) if not unread else iter(())
     return write_results(paths, row, pages, missing_outcome(BatchState(row.state), row.message), check)
-
-
-class WriteBehind:
-    """Writes each table on a thread while the next one is made (collect: decoded; join: read
-    and joined): Parquet encoding and compression release the GIL, so the two overlap on a
-    second core. One write at a time, in order; a failed write raises at the next write or
-    at exit, which waits for the last write (close the writer only after it)."""
-
-    def __init__(self, writer: pq.ParquetWriter) -> None:
-        self._writer = writer
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-write")
-        self._pending: Future[None] | None = None
-
-    def write(self, table: pa.Table) -> None:
-        self._wait()
-        self._pending = self._pool.submit(self._writer.write_table, table)
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def __enter__(self) -> WriteBehind:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._wait()  # the writer is closed only after its last write
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 def write_results(

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from tasks.infra.crashpoints import WHILE_JOINING, crashpoint
 from tasks.infra.errors import GrokBatchError
 from tasks.infra.ledger import round_and_shard
+from tasks.infra.parquet_writes import WriteBehind
 from tasks.infra.records import (
     MANIFEST_SCHEMA,
     OUTPUT_RESULT_COLUMNS,
@@ -34,7 +35,7 @@ from tasks.money.pricing import price_sheet
 from tasks.money.row_cache import CacheWriter
 from tasks.spec.answer_schema import output_fields, typed_columns
 from tasks.spec.job import JobSpec
-from tasks.stages.collect import WriteBehind, service_files_deleted
+from tasks.stages.collect import service_files_deleted
 from tasks.stages.report import Tally
 
 
