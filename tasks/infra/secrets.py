@@ -18,7 +18,7 @@ def resolve_api_key(env_var: str, secret_block: str) -> str:
     if value:
         return value
     if block_may_exist(secret_block):  # asking would start a Prefect server for nothing
-        value = _secret_block(secret_block)
+        value = secret_value(secret_block)
     if value:
         return value
     raise ProviderError(
@@ -27,7 +27,8 @@ def resolve_api_key(env_var: str, secret_block: str) -> str:
     )
 
 
-def _secret_block(name: str) -> str:
+def secret_value(name: str) -> str:
+    """A Prefect Secret block's value, or \"\" when there is none (never logged)."""
     try:
         from prefect.blocks.system import Secret
 
