@@ -11,13 +11,45 @@ from typing import Any
 
 import pyarrow as pa
 
+from tasks.infra.storage import Location, is_remote, locate
+
 DATA_DIR_ENV = "GROK_BATCH_DATA_DIR"
 
 
-def data_root(data_dir: str | None = None) -> Path:
+WORK_DIR_ENV = "GROK_BATCH_WORK_DIR"
+STORE_MARKER = "store-url"  # in a working root: the URL of the store it caches
+
+
+def data_root(data_dir: str | Path | None = None) -> Path:
     """Where runs and the ledger live: the given folder, else $GROK_BATCH_DATA_DIR, else ./data
-    (so every worker of a team can be pointed at the shared one)."""
-    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "data")
+    (so every worker of a team can be pointed at the shared one).
+
+    A URL (s3://bucket/grok) puts the data on a store: what is returned is then this machine's
+    working copy of it ($GROK_BATCH_WORK_DIR, else ~/.cache/grok-batch/<hash of the URL>), a
+    cache any worker may lose; `store_of` gives the store back."""
+    named = str(data_dir or os.environ.get(DATA_DIR_ENV) or "data")
+    if not is_remote(named):
+        return Path(locate(named).path)
+    url = locate(named).url
+    base = os.environ.get(WORK_DIR_ENV) or Path.home() / ".cache" / "grok-batch"
+    work = Path(base) / hashlib.sha256(url.encode()).hexdigest()[:12]
+    marker = work / STORE_MARKER
+    if not marker.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text(url, encoding="utf-8")
+    return work
+
+
+def store_of(root: Path) -> Location | None:
+    """The store a working root caches (see data_root), or None for data on this disk."""
+    marker = root / STORE_MARKER
+    return locate(marker.read_text(encoding="utf-8").strip()) if marker.is_file() else None
+
+
+def root_url(root: Path) -> str:
+    """How another machine names this data root: the store's URL, else the folder."""
+    store = store_of(root)
+    return store.url if store else str(root)
 
 
 def run_key(input_sha256: str, job_fingerprint: str, encoding: str = "utf-8") -> str:
