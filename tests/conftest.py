@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,9 @@ os.environ.pop("GROK_BATCH_LEDGER_URL", None)
 import pytest  # noqa: E402
 
 from emulator import EmulatorConfig, RunningEmulator  # noqa: E402
+from tasks.infra import storage  # noqa: E402
 from tests.helpers import EMULATOR_KEY  # noqa: E402
+from tests.s3_server import RunningS3  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +83,22 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[RunningS3]:
+    """One SeaweedFS S3 server for the session: `.bucket` exists, `.env(identity)` points a
+    client at it as `.admin` (read and write) or `.reader` (read only)."""
+    with RunningS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: RunningS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The AWS variables point at the test server as its admin; yields this test's own prefix
+    (s3://BUCKET/<uuid>) so tests never see each other's objects."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", storage.STORAGE_BLOCK_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.url(uuid.uuid4().hex)

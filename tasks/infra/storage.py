@@ -224,7 +224,7 @@ def _abandon(stream: pa.NativeFile) -> None:
 
 # -- naming a location ----------------------------------------------------------------------
 _LOCAL = pafs.LocalFileSystem()
-_filesystems: dict[tuple[str, str], pafs.FileSystem] = {}
+_filesystems: dict[tuple[str, str], pafs.FileSystem] = {}  # by scheme, then block|endpoint|identity
 _lock = threading.Lock()
 
 
@@ -250,7 +250,9 @@ def _fs_for(scheme: str, url: str) -> pafs.FileSystem:
     block = os.environ.get(STORAGE_BLOCK_ENV, "")
     with _lock:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
-        key = (scheme, f"{block}|{endpoint}")
+        # who is asking too: a filesystem holds the credentials it was made with (key id, not secret)
+        identity = f"{os.environ.get('AWS_ACCESS_KEY_ID', '')}|{os.environ.get('AWS_PROFILE', '')}"
+        key = (scheme, f"{block}|{endpoint}|{identity}")
         if key not in _filesystems:
             _filesystems[key] = _new_fs(scheme, url, block)
         return _filesystems[key]
