@@ -11,13 +11,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.infra.storage import Location, is_remote, locate
+from tasks.infra.storage import Location
+from tasks.infra.work_copies import local_for, pull_tree, push_tree, store_for, url_for
 
 DATA_DIR_ENV = "GROK_BATCH_DATA_DIR"
-
-
-WORK_DIR_ENV = "GROK_BATCH_WORK_DIR"
-STORE_MARKER = "store-url"  # in a working root: the URL of the store it caches
 
 
 def data_root(data_dir: str | Path | None = None) -> Path:
@@ -25,31 +22,19 @@ def data_root(data_dir: str | Path | None = None) -> Path:
     (so every worker of a team can be pointed at the shared one).
 
     A URL (s3://bucket/grok) puts the data on a store: what is returned is then this machine's
-    working copy of it ($GROK_BATCH_WORK_DIR, else ~/.cache/grok-batch/<hash of the URL>), a
-    cache any worker may lose; `store_of` gives the store back."""
-    named = str(data_dir or os.environ.get(DATA_DIR_ENV) or "data")
-    if not is_remote(named):
-        return Path(locate(named).path)
-    url = locate(named).url
-    base = os.environ.get(WORK_DIR_ENV) or Path.home() / ".cache" / "grok-batch"
-    work = Path(base) / hashlib.sha256(url.encode()).hexdigest()[:12]
-    marker = work / STORE_MARKER
-    if not marker.exists():
-        work.mkdir(parents=True, exist_ok=True)
-        marker.write_text(url, encoding="utf-8")
-    return work
+    working copy of it (tasks.infra.work_copies), a cache any worker may lose; `store_of`
+    gives the store back."""
+    return local_for(str(data_dir or os.environ.get(DATA_DIR_ENV) or "data"))
 
 
 def store_of(root: Path) -> Location | None:
-    """The store a working root caches (see data_root), or None for data on this disk."""
-    marker = root / STORE_MARKER
-    return locate(marker.read_text(encoding="utf-8").strip()) if marker.is_file() else None
+    """The store a working root (or run directory) stands for, or None for data on this disk."""
+    return store_for(root)
 
 
 def root_url(root: Path) -> str:
     """How another machine names this data root: the store's URL, else the folder."""
-    store = store_of(root)
-    return store.url if store else str(root)
+    return url_for(root)
 
 
 def run_key(input_sha256: str, job_fingerprint: str, encoding: str = "utf-8") -> str:
@@ -60,7 +45,30 @@ def run_key(input_sha256: str, job_fingerprint: str, encoding: str = "utf-8") ->
 
 @dataclass(frozen=True)
 class RunPaths:
+    """A run's files on this machine. With the data on a store, run_dir is a working copy of
+    the run's folder there: `publish` sends finished files up before the ledger records the
+    step that made them (a record never points at a file only one machine has), and `pull`
+    fetches what another worker published."""
+
     run_dir: Path
+
+    @property
+    def store(self) -> Location | None:
+        return store_for(self.run_dir)
+
+    def publish(self, *finished: Path) -> int:
+        """Upload these files (a folder: every file in it) unless the store has them at the
+        same size; returns how many went up. Nothing to do for a run on this disk."""
+        return push_tree(self.run_dir, *finished)
+
+    def pull(self) -> int:
+        """Fetch the run's files this machine lacks, or holds shorter (a journal another worker
+        added answers to); returns how many came down."""
+        return pull_tree(self.run_dir)
+
+    def shard_file(self, recorded: str) -> Path:
+        """This machine's copy of a shard the ledger names (recorded by whichever worker planned it)."""
+        return self.requests_dir / Path(recorded).name
 
     @property
     def plan(self) -> Path:

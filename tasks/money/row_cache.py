@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.infra.records import RESULT_SCHEMA
+from tasks.infra.work_copies import local_for, pull_tree, push_tree
 from tasks.spec.endpoints import server_url
 from tasks.spec.job import JobSpec
 
@@ -43,7 +44,10 @@ CACHE_SCHEMA = pa.schema(
 
 
 def cache_root(runs_root: Path) -> Path:
-    return Path(os.environ.get(CACHE_ENV) or runs_root.parent / "cache")
+    """Beside the runs, or GROK_BATCH_CACHE_DIR (a folder or a store URL): a working copy of a
+    store's cache is filled from it when read and adds its segment to it when written."""
+    named = os.environ.get(CACHE_ENV)
+    return local_for(named) if named else runs_root.parent / "cache"
 
 
 def namespace(job: JobSpec) -> str:
@@ -73,6 +77,7 @@ class CacheIndex:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        pull_tree(folder)  # segments other workers' runs added to the store
         found = folder.glob("*.parquet") if folder.is_dir() else []
         self.segments = sorted(found, key=lambda f: f.stat().st_mtime_ns)  # oldest first
         chunks = [pq.read_table(f, columns=["request_key"]).column(0) for f in self.segments]
@@ -119,5 +124,6 @@ class CacheWriter:
         self._writer.close()
         if keep and self.rows:
             self.partial.replace(self.target)
+            push_tree(self.target.parent, self.target)
         else:
             self.partial.unlink(missing_ok=True)
