@@ -10,6 +10,7 @@ import typer
 
 from flows.cli.render import fail
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.work_copies import local_for
 
 if TYPE_CHECKING:
     from tasks.spec.job import JobSpec
@@ -19,7 +20,9 @@ InputPath = Annotated[
     Path,
     typer.Argument(
         metavar="INPUT",
-        help="A table: .csv (also .csv.gz/.bz2/.zst/.lz4), .jsonl/.ndjson, .xlsx or .parquet.",
+        parser=local_for,  # s3://… stays a URL: its working copy here stands for it
+        help="A table: .csv (also .csv.gz/.bz2/.zst/.lz4), .jsonl/.ndjson, .xlsx or .parquet; "
+        "a path or a URL (s3://bucket/reviews.csv, gs://…).",
     ),
 ]
 Sheet = Annotated[str | None, typer.Option(help="The sheet of an .xlsx input (default: the first).")]
@@ -55,7 +58,9 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="GROK_BATCH_DATA_DIR",
-        help="Where runs (request shards, results) and the ledger live.",
+        parser=local_for,  # a bucket URL: this machine's working copy of it
+        help="Where runs (request shards, results), the inbox and the ledger live: a folder, or a "
+        "bucket URL (s3://bucket/grok) shared by workers on many machines.",
     ),
 ]
 Overwrite = Annotated[bool, typer.Option(help="Replace the output if it exists.")]

@@ -29,6 +29,7 @@ from flows.cli.options import (
 )
 from flows.cli.render import fail, run_and_show, show_estimate
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.work_copies import local_for, url_for
 
 if TYPE_CHECKING:
     from tasks.spec.job import JobSpec
@@ -52,7 +53,12 @@ DryRun = Annotated[
 ]
 Output = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Output .parquet (default DATA_DIR/outbox/INPUT.parquet)."),
+    typer.Option(
+        "--output",
+        "-o",
+        parser=local_for,
+        help="Output .parquet, a path or a URL (default DATA_DIR/outbox/INPUT.parquet).",
+    ),
 ]
 Wait = Annotated[bool, typer.Option(help="Wait for the batches here; --no-wait submits and exits.")]
 PollInterval = Annotated[float, typer.Option(help="First poll interval in seconds (backs off to 60).")]
@@ -113,12 +119,20 @@ def run(
         return
     from flows.here import run_here
     from tasks.doors.drive import WaitPolicy
-    from tasks.infra.table_io import TableSource
+    from tasks.infra.table_io import open_table
 
     policy = WaitPolicy(wait, poll_interval, max_wait_s=max_wait)
-    source = TableSource(input_path, encoding=encoding)
     run_and_show(
-        lambda on_progress: run_here(source, spec, output, overwrite, data_dir, policy, on_progress), data_dir
+        lambda on_progress: run_here(
+            open_table(url_for(input_path), encoding=encoding),
+            spec,
+            output,
+            overwrite,
+            data_dir,
+            policy,
+            on_progress,
+        ),
+        data_dir,
     )
 
 
@@ -146,11 +160,11 @@ def estimate(
 
 
 def _estimate(input_path: Path, spec: JobSpec, data_dir: Path, encoding: str) -> None:
-    from tasks.infra.table_io import TableSource
+    from tasks.infra.table_io import open_table
     from tasks.start import dry_run
 
     try:
-        estimate = dry_run(TableSource(input_path, encoding=encoding), spec, data_dir / "runs")
+        estimate = dry_run(open_table(url_for(input_path), encoding=encoding), spec, data_dir / "runs")
     except GrokBatchError as exc:
         fail(exc)
     show_estimate(input_path, estimate, spec.max_cost_usd)

@@ -39,6 +39,8 @@ from tasks.infra.formats.csv import MAX_CSV_ROW_BYTES as MAX_CSV_ROW_BYTES
 from tasks.infra.formats.excel import MAX_XLSX_SHARED_STRINGS_BYTES as MAX_XLSX_SHARED_STRINGS_BYTES
 from tasks.infra.formats.excel import SHEET_METADATA as SHEET_METADATA
 from tasks.infra.formats.jsonl import MAX_JSON_LINE_BYTES as MAX_JSON_LINE_BYTES
+from tasks.infra.urls import is_remote
+from tasks.infra.work_copies import fetch, url_for
 
 # Compressions Arrow reads as a stream, by file suffix (a Parquet file compresses inside).
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
@@ -68,6 +70,13 @@ _HINTS = {
 
 # JSON Lines are parsed this many bytes (whole lines) at a time (read at each call: tests set it)
 _JSON_CHUNK_BYTES = 8 << 20
+
+
+def open_table(target: str | Path, encoding: str = "utf-8", sheet: str | None = None) -> TableSource:
+    """The table a user names, by path or URL. An object on a store is streamed once into
+    this machine's working copy and read there (tasks.infra.work_copies): a run reads its
+    input several times, and one download costs less than several reads of the store."""
+    return TableSource(fetch(target), encoding=encoding, sheet=sheet)
 
 
 def file_sha256(path: Path) -> str:
@@ -159,6 +168,17 @@ class TableSource:
     encoding: str = "utf-8"
     sheet: str | None = None
 
+    @property
+    def shown(self) -> str:
+        """How messages and records name the table: its URL when it was fetched from a store."""
+        return url_for(self.path)
+
+    @property
+    def recorded_as(self) -> str:
+        """How a run records its input: the URL it was fetched from, else the absolute path."""
+        shown = self.shown
+        return shown if is_remote(shown) else str(self.path.resolve())
+
     def with_sheet(self, sheet: str | None) -> TableSource:
         """This source reading `sheet` (a job's `sheet` field); itself when `sheet` is None."""
         return self if sheet is None else replace(self, sheet=sheet)
@@ -185,31 +205,33 @@ class TableSource:
         shown = "".join(self.path.suffixes[-2:] if self.path.suffix.lower() in COMPRESSIONS else [])
         shown = shown or self.path.suffix or "(no extension)"
         hint = _HINTS.get(self.path.suffix.lower())
-        return f"{self.path}: unsupported format {shown!r}; use {_SUPPORTED}" + (f" ({hint})" if hint else "")
+        return f"{self.shown}: unsupported format {shown!r}; use {_SUPPORTED}" + (
+            f" ({hint})" if hint else ""
+        )
 
     def check_readable(self) -> None:
         if not self.path.exists():
-            raise InputError(f"input file {self.path} does not exist")
+            raise InputError(f"input file {self.shown} does not exist")
         if not self.path.is_file():
-            raise InputError(f"input {self.path} is not a file")
+            raise InputError(f"input {self.shown} is not a file")
         fmt = self.format
         if self.sheet is not None and fmt != "xlsx":
             raise InputError(
-                f"{self.path}: `sheet` {self.sheet!r} names a sheet of an Excel workbook, and this is a "
+                f"{self.shown}: `sheet` {self.sheet!r} names a sheet of an Excel workbook, and this is a "
                 f"{fmt} file; remove `sheet` from the job"
             )
         if fmt == "jsonl" and jsonl.normal_encoding(self.encoding) != "utf-8":
             raise InputError(
-                f"{self.path}: JSON Lines are UTF-8 (RFC 8259); --encoding {self.encoding} applies to "
+                f"{self.shown}: JSON Lines are UTF-8 (RFC 8259); --encoding {self.encoding} applies to "
                 "CSV files"
             )
         try:
             with self.path.open("rb") as handle:
                 first = handle.read(1)
         except OSError as exc:
-            raise InputError(f"input file {self.path} cannot be read: {exc.strerror}") from None
+            raise InputError(f"input file {self.shown} cannot be read: {exc.strerror}") from None
         if not first:
-            raise InputError(f"input file {self.path} is empty")
+            raise InputError(f"input file {self.shown} is empty")
 
     def schema(self) -> pa.Schema:
         """The table's columns: a Parquet file's own types, text for every CSV column, the
@@ -226,7 +248,7 @@ class TableSource:
         repeated = {name: n for name, n in Counter(schema.names).items() if n > 1}
         if repeated:
             names = ", ".join(f"column name {name!r} appears {n} times" for name, n in repeated.items())
-            raise InputError(f"{self.path}: {names}; every column needs its own name (rename the repeats)")
+            raise InputError(f"{self.shown}: {names}; every column needs its own name (rename the repeats)")
         return schema
 
     def row_count(self) -> int | None:
@@ -262,7 +284,7 @@ class TableSource:
         try:
             return pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(f"{self.path} is not a readable Parquet file: {exc}") from None
+            raise InputError(f"{self.shown} is not a readable Parquet file: {exc}") from None
 
     def _scan(self) -> Scan:
         """The first pass over JSON Lines or a sheet (types and rows), remembered per file."""

@@ -29,7 +29,7 @@ from tasks.infra.records import (
     SUCCEEDED,
 )
 from tasks.infra.run_layout import RunPaths, RunPlan, load_schema
-from tasks.infra.table_io import TableSource, file_sha256
+from tasks.infra.table_io import TableSource, file_sha256, open_table
 from tasks.money.cost_columns import Pricing, sum_known
 from tasks.money.pricing import price_sheet
 from tasks.money.row_cache import CacheWriter
@@ -263,7 +263,7 @@ def write_output(
 
 def _unchanged_input(plan: RunPlan) -> TableSource:
     """The run's input, refused when it is not the file the run prepared."""
-    source = TableSource(Path(plan.input_path), encoding=plan.encoding)
+    source = open_table(plan.input_path, encoding=plan.encoding)
     source.check_readable()
     if file_sha256(source.path) != plan.input_sha256:  # same row count is not the same rows
         raise GrokBatchError(

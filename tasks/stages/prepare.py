@@ -169,7 +169,7 @@ def prepare_run(source: TableSource, job: JobSpec, runs_root: Path, input_sha: s
     if paths.plan.exists():
         return RunPlan.load(paths)
     schema = source.schema()
-    label = str(source.path)
+    label = source.shown
     job.template.check_schema(schema, label)
     check_result_columns(schema, job, label)
     _check_id_column(schema, job.id_column, label)
@@ -252,7 +252,7 @@ def _write_staged(
     input_sha: str,
     cache_folder: Path,
 ) -> RunPlan:
-    label = str(source.path)
+    label = source.shown
     staged.requests_dir.mkdir(parents=True)
     writer = ShardWriter(staged, 1, job.shard_max_lines, job.shard_max_bytes, max_shards=MAX_SHARDS)
     head, middle, tail = request_line_parts(job)
@@ -298,7 +298,7 @@ def _write_staged(
     cached_rows = _write_cached(staged, cache, hits) if cache is not None else 0
     plan = RunPlan(
         run_key=key,
-        input_path=str(source.path.resolve()),
+        input_path=source.recorded_as,
         input_sha256=input_sha,
         job=job.model_dump(mode="json"),
         total_rows=total,

@@ -17,6 +17,9 @@ class Source(Protocol):
     def path(self) -> Path: ...
 
     @property
+    def shown(self) -> str: ...
+
+    @property
     def encoding(self) -> str: ...
 
     @property

@@ -68,7 +68,7 @@ def _larger_block(source: Source, exc: Exception, block_size: int, names: list[s
         raise _explain(source, exc, names) from None
     if block_size >= MAX_CSV_ROW_BYTES:
         raise InputError(
-            f"{source.path}: a row is larger than {MAX_CSV_ROW_BYTES >> 20} MB, the most grok-batch "
+            f"{source.shown}: a row is larger than {MAX_CSV_ROW_BYTES >> 20} MB, the most grok-batch "
             "reads in one CSV row (a request holds at most 25 MB); shorten that row, or check for "
             "a quote that is never closed"
         ) from None
@@ -78,28 +78,28 @@ def _larger_block(source: Source, exc: Exception, block_size: int, names: list[s
 def _explain(source: Source, exc: Exception, names: list[str]) -> InputError:
     text = str(exc)
     if isinstance(exc, LookupError):
-        return InputError(f"{source.path}: unknown encoding {source.encoding!r} (see --encoding)")
+        return InputError(f"{source.shown}: unknown encoding {source.encoding!r} (see --encoding)")
     if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowInvalid):
         return InputError(
-            f"{source.path} cannot be read as {source.compression}-compressed CSV: {text.splitlines()[0]}"
+            f"{source.shown} cannot be read as {source.compression}-compressed CSV: {text.splitlines()[0]}"
             if source.compression
-            else f"input file {source.path} cannot be read: {text.splitlines()[0]}"
+            else f"input file {source.shown} cannot be read: {text.splitlines()[0]}"
         )
     if "Empty CSV file" in text:
-        return InputError(f"input file {source.path} is empty")
+        return InputError(f"input file {source.shown} is empty")
     column = _CSV_TEXT_ERROR.search(text)
     if column and int(column.group(1)) < len(names):
         return InputError(
-            f"{source.path}: column(s) {names[int(column.group(1))]!r} are not valid {source.encoding}; "
+            f"{source.shown}: column(s) {names[int(column.group(1))]!r} are not valid {source.encoding}; "
             "pass the file's real encoding with --encoding, e.g. --encoding latin-1"
         )
     if "invalid UTF8" in text or isinstance(exc, UnicodeDecodeError):
         return InputError(
-            f"{source.path}: the file is not valid {source.encoding} ({text.splitlines()[0]}); "
+            f"{source.shown}: the file is not valid {source.encoding} ({text.splitlines()[0]}); "
             "pass its real encoding with --encoding, e.g. --encoding latin-1"
         )
     if "Expected" in text and "columns, got" in text:
         return InputError(
-            f"{source.path}: a row has a different number of fields than the header: {text.splitlines()[0]}"
+            f"{source.shown}: a row has a different number of fields than the header: {text.splitlines()[0]}"
         )
-    return InputError(f"{source.path} cannot be read as CSV: {text.splitlines()[0]}")
+    return InputError(f"{source.shown} cannot be read as CSV: {text.splitlines()[0]}")

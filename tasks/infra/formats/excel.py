@@ -32,7 +32,7 @@ def _sheet_rows(source: Source, sheet: str | None) -> Iterator[tuple[str, int, t
                 warnings.simplefilter("ignore")  # style and extension notes about the file
                 workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
         except Exception as exc:  # an untrusted zip of XML: any failure is the file's
-            raise InputError(f"{source.path} is not a readable Excel workbook (.xlsx): {exc}") from None
+            raise InputError(f"{source.shown} is not a readable Excel workbook (.xlsx): {exc}") from None
         try:
             worksheet = _worksheet(source, workbook, sheet)
             worksheet.reset_dimensions()  # read every row, whatever size the file claims
@@ -46,7 +46,7 @@ def _sheet_rows(source: Source, sheet: str | None) -> Iterator[tuple[str, int, t
                 raise
             except Exception as exc:
                 raise InputError(
-                    f"{source.path}, sheet {title!r}: cannot be read after row {number}: {exc}"
+                    f"{source.shown}, sheet {title!r}: cannot be read after row {number}: {exc}"
                 ) from None
         finally:
             workbook.close()
@@ -61,10 +61,10 @@ def _check_workbook(source: Source) -> None:
                 i.file_size for i in archive.infolist() if i.filename.endswith("sharedStrings.xml")
             )
     except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"{source.path} is not a readable Excel workbook (.xlsx): {exc}") from None
+        raise InputError(f"{source.shown} is not a readable Excel workbook (.xlsx): {exc}") from None
     if text_bytes > MAX_XLSX_SHARED_STRINGS_BYTES:
         raise InputError(
-            f"{source.path}: its text takes {text_bytes >> 20:,} MB unpacked, more than the "
+            f"{source.shown}: its text takes {text_bytes >> 20:,} MB unpacked, more than the "
             f"{MAX_XLSX_SHARED_STRINGS_BYTES >> 20:,} MB grok-batch reads from a workbook; save the "
             "sheet as CSV and run that"
         )
@@ -73,14 +73,14 @@ def _check_workbook(source: Source) -> None:
 def _worksheet(source: Source, workbook: Any, sheet: str | None) -> Any:
     if sheet is None:
         if not workbook.worksheets:
-            raise InputError(f"{source.path} has no worksheet")
+            raise InputError(f"{source.shown} has no worksheet")
         return workbook.worksheets[0]
     if sheet not in workbook.sheetnames:
         names = ", ".join(repr(name) for name in workbook.sheetnames)
-        raise InputError(f"{source.path} has no sheet {sheet!r}; its sheets: {names}")
+        raise InputError(f"{source.shown} has no sheet {sheet!r}; its sheets: {names}")
     worksheet = workbook[sheet]
     if not hasattr(worksheet, "iter_rows"):
-        raise InputError(f"{source.path}: sheet {sheet!r} is a chart, not a table")
+        raise InputError(f"{source.shown}: sheet {sheet!r} is a chart, not a table")
     return worksheet
 
 
@@ -96,13 +96,13 @@ def _sheet_table(
         if not any(_filled(v) for v in row):
             continue
         if header is None:
-            header = _header(row, f"{source.path}, sheet {title!r}", number)
+            header = _header(row, f"{source.shown}, sheet {title!r}", number)
             continue
         width = len(header)
         extra = next((i for i in range(width, len(row)) if _filled(row[i])), None)
         if extra is not None:
             raise InputError(
-                f"{source.path}, sheet {title!r}: row {number} has a value in column {_letter(extra)}, "
+                f"{source.shown}, sheet {title!r}: row {number} has a value in column {_letter(extra)}, "
                 f"right of the header's last column ({_letter(width - 1)}); name that column in the "
                 "header or clear the cell"
             )
@@ -113,7 +113,7 @@ def _sheet_table(
             yield title, header, first, block
             block = []
     if header is None:
-        raise InputError(f"{source.path}, sheet {title!r} is empty: no header row")
+        raise InputError(f"{source.shown}, sheet {title!r} is empty: no header row")
     yield title, header, first, block
 
 
@@ -130,7 +130,7 @@ def scan(source: Source) -> Scan:
             kind.see(values)
         rows += len(block)
     if rows == 0:
-        raise InputError(f"{source.path}, sheet {title!r} has a header but no data rows")
+        raise InputError(f"{source.shown}, sheet {title!r} has a header but no data rows")
     fields = [pa.field(name, kind.arrow_type()) for name, kind in zip(header, kinds, strict=True)]
     return Scan(pa.schema(fields, metadata={SHEET_METADATA: title.encode("utf-8")}), rows)
 
@@ -142,14 +142,14 @@ def batches(source: Source, schema: pa.Schema, batch_rows: int) -> Iterator[pa.R
     for title, header, first, block in _sheet_table(source, sheet):
         if header != schema.names:
             raise InputError(
-                f"{source.path}, sheet {title!r}: its header ({', '.join(header)}) is not the one the run "
+                f"{source.shown}, sheet {title!r}: its header ({', '.join(header)}) is not the one the run "
                 f"read ({', '.join(schema.names)})"
             )
         for start in range(0, len(block), batch_rows):
             rows = block[start : start + batch_rows]
             columns = zip(*rows, strict=True)
             arrays = [
-                _sheet_column(values, field, f"{source.path}, sheet {title!r}", first + start)
+                _sheet_column(values, field, f"{source.shown}, sheet {title!r}", first + start)
                 for values, field in zip(columns, schema, strict=True)
             ]
             yield pa.RecordBatch.from_arrays(arrays, schema=plain)

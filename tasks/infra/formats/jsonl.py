@@ -32,7 +32,7 @@ def _json_chunks(source: Source, chunk_bytes: int) -> Iterator[tuple[int, bytes]
                     pending_bytes += len(block)
                     if pending_bytes > MAX_JSON_LINE_BYTES:
                         raise InputError(
-                            f"{source.path}: line {line} is longer than {MAX_JSON_LINE_BYTES >> 20} MB, "
+                            f"{source.shown}: line {line} is longer than {MAX_JSON_LINE_BYTES >> 20} MB, "
                             "the most grok-batch reads in one line (a request holds at most 25 MB)"
                         )
                     continue
@@ -43,7 +43,7 @@ def _json_chunks(source: Source, chunk_bytes: int) -> Iterator[tuple[int, bytes]
                 line += chunk.count(b"\n")
     except (OSError, pa.ArrowInvalid) as exc:
         how = f"{source.compression}-compressed JSON Lines" if source.compression else "a file"
-        raise InputError(f"{source.path} cannot be read as {how}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"{source.shown} cannot be read as {how}: {str(exc).splitlines()[0]}") from None
     rest = b"".join(pending)
     if rest and not rest.isspace():
         yield line, rest
@@ -79,7 +79,7 @@ def scan(source: Source, chunk_bytes: int) -> Scan:
         except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
             raise _explain_merge(source, str(exc), line) from None
     if unified is None or rows == 0:
-        raise InputError(f"{source.path} holds no JSON object (JSON Lines: one object a line)")
+        raise InputError(f"{source.shown} holds no JSON object (JSON Lines: one object a line)")
     # A column that is null in every line has no type of its own: it reads as text.
     return Scan(
         pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in unified]),
@@ -102,25 +102,25 @@ def _explain_json(source: Source, text: str, line: int) -> InputError:
         near = line + int(row)
         if not path:
             return InputError(
-                f"{source.path}: near line {near} is not a JSON object ({now}); JSON Lines hold one "
+                f"{source.shown}: near line {near} is not a JSON object ({now}); JSON Lines hold one "
                 "object {...} a line"
             )
         return InputError(
-            f"{source.path}: column {_json_name(path)!r} holds {was} values and, near line {near}, "
+            f"{source.shown}: column {_json_name(path)!r} holds {was} values and, near line {near}, "
             f'{now}; every line must give a column the same kind of value (text in quotes, e.g. "7")'
         )
     if "unexpected field" in text:
-        return InputError(f"{source.path}: near line {line}: a column the file did not have before")
-    return InputError(f"{source.path}: near line {line}: not valid JSON Lines ({text.splitlines()[0]})")
+        return InputError(f"{source.shown}: near line {line}: a column the file did not have before")
+    return InputError(f"{source.shown}: near line {line}: not valid JSON Lines ({text.splitlines()[0]})")
 
 
 def _explain_merge(source: Source, text: str, line: int) -> InputError:
     merge = _JSON_MERGE.search(text)
     if merge is None:
-        return InputError(f"{source.path}: the lines from {line} on do not fit those before: {text}")
+        return InputError(f"{source.shown}: the lines from {line} on do not fit those before: {text}")
     name, before, after = merge.groups()
     return InputError(
-        f"{source.path}: column {name!r} holds {before} values before line {line} and {after} values "
+        f"{source.shown}: column {name!r} holds {before} values before line {line} and {after} values "
         'from there on; every line must give a column the same kind of value (text in quotes, e.g. "7")'
     )
 
