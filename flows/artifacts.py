@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +13,7 @@ from prefect.artifacts import (
 )
 
 from tasks import runner
+from tasks.infra.work_copies import local_for, url_for
 from tasks.stages.report import RunSummary, render_markdown
 from tasks.stages.report_html import html_report_path, status_chart_data_uri
 
@@ -77,8 +77,8 @@ def publish_summary(summary: RunSummary, run_key: str) -> None:
     # every chart is in the HTML report beside the output.
     title, _, rest = render_markdown(summary).partition("\n")
     chart = f"![rows by status]({status_chart_data_uri(summary.by_status)})"
-    page = html_report_path(Path(summary.output_path))
-    more = f"All charts: `{page}`\n\n" if page.exists() else ""
+    page = html_report_path(local_for(summary.output_path))
+    more = f"All charts: `{url_for(page)}`\n\n" if page.exists() else ""
     create_markdown_artifact(
         markdown=f"{title}\n\n{chart}\n\n{more}{rest.lstrip()}",
         key=f"grok-batch-report-{run_key}",

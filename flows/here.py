@@ -12,6 +12,7 @@ from typing import Any
 from tasks.doors.drive import WaitPolicy, check_command, resume_job, run_job, waiting_driver
 from tasks.infra.prefect_config import prefect_server
 from tasks.infra.table_io import TableSource
+from tasks.infra.work_copies import url_for
 from tasks.spec.job import JobSpec
 
 OnProgress = Callable[[Any], None]
@@ -35,11 +36,11 @@ def run_here(
 
     with local_wait(policy), listening(on_progress):
         return run_batch_job(
-            input_path=str(source.path),
+            input_path=source.recorded_as,  # a URL when on a store: another machine may run it
             job=job,
-            output=str(output) if output else None,
+            output=url_for(output) if output else None,
             overwrite=overwrite,
-            data_dir=str(data_root),
+            data_dir=url_for(data_root),
             encoding=source.encoding,
         )
 
@@ -62,10 +63,10 @@ def resume_here(
     with listening(on_progress):
         return resume_batch_job(
             run_key=run_key,
-            output=str(output) if output else None,
+            output=url_for(output) if output else None,
             overwrite=overwrite,
             wait=policy.wait,
-            data_dir=str(data_root),
+            data_dir=url_for(data_root),
             poll_interval_s=policy.poll_interval_s,
             max_poll_interval_s=policy.max_poll_interval_s,
             max_wait_s=policy.max_wait_s,

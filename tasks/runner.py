@@ -18,13 +18,14 @@ from tasks.infra.errors import GrokBatchError, InputError, ProviderError
 from tasks.infra.ledger import BatchRow, Ledger
 from tasks.infra.logs import LOGGER
 from tasks.infra.run_layout import RunPaths, RunPlan
+from tasks.infra.work_copies import local_for, store_for, url_for
 from tasks.lifecycle import Action, BatchState, RunState, ShardView, Step, next_action_after, next_actions
 from tasks.money.row_cache import cache_root, namespace
 from tasks.providers.base import BatchProvider
 from tasks.spec.job import JobSpec
 from tasks.stages.answer_sync import SyncLimits, answer_planned
 from tasks.stages.collect import answer_checker, collect_batch, delete_service_files, paused_gc
-from tasks.stages.export import export_output
+from tasks.stages.export import export_output, export_path
 from tasks.stages.join import write_output
 from tasks.stages.poll import poll_open
 from tasks.stages.reconcile import plan_follow_up
@@ -77,9 +78,18 @@ def report_path(output: Path) -> Path:
 
 
 def check_output_path(output: Path, overwrite: bool) -> None:
-    """Refuse before any work when the output would clobber a file or cannot be written."""
+    """Refuse before any work when the output would clobber a file or cannot be written (on a
+    store: a missing bucket or a denied write is found by writing a probe object)."""
+    store = store_for(output)
     if output.suffix.lower() not in (".parquet", ".pq"):
-        raise InputError(f"output {output} must end in .parquet")
+        raise InputError(f"output {url_for(output)} must end in .parquet")
+    if store is not None:
+        if store.is_dir():
+            raise InputError(f"output {store} is a folder; name a .parquet object in it")
+        if store.exists() and not overwrite:
+            raise InputError(f"output {store} already exists; pass --overwrite to replace it")
+        store.probe_write()
+        return
     if output.is_dir():  # --overwrite replaces a file, never a folder
         raise InputError(f"output {output} is a folder; name a .parquet file in it")
     if output.exists() and not overwrite:
@@ -94,9 +104,10 @@ def handle_for(ledger: Ledger, key: str) -> RunHandle:
     run = ledger.run(key)
     if run is None:
         raise GrokBatchError(f"no run {key} in the ledger {ledger.display_url}")
-    run_dir = Path(run["run_dir"])
+    run_dir = local_for(run["run_dir"])  # recorded as its store URL when the data is on one
+    RunPaths(run_dir).pull()  # what other workers finished of it
     if not RunPaths(run_dir).plan.exists():
-        raise GrokBatchError(f"run {key} was never prepared ({run_dir} has no run.json); run it again")
+        raise GrokBatchError(f"run {key} was never prepared ({run['run_dir']} has no run.json); run it again")
     return RunHandle(key, run_dir, RunPlan.load(RunPaths(run_dir)), run["input_path"])
 
 
@@ -141,6 +152,7 @@ def collect_finished(ledger: Ledger, provider: BatchProvider, handle: RunHandle)
         for future in as_completed(futures):
             future.result()  # the first failure stops the pass; collected batches stay recorded
             row = futures[future]
+            handle.paths.publish(handle.paths.results(row.batch_name))  # before the service copy goes
             ledger.update_batch(row.batch_name, step=Step.COLLECTED)
             if not handle.job.keep_service_files:
                 delete_service_files(provider, handle.paths, row)
@@ -316,15 +328,16 @@ def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> 
         ledger.batches(handle.run_key),
         run_key=handle.run_key,
         input_path=handle.input,
-        output_path=str(output),
+        output_path=url_for(output),
         model=job.model,
         mode=handle.plan.mode,
     )
     # CSV/Excel copies from the written Parquet; what one cannot hold is a note, never a cut.
-    inputs = (Path(handle.input), Path(handle.plan.input_path))
+    inputs = (local_for(handle.input), local_for(handle.plan.input_path))
     summary.notes += export_output(output, job.output_formats, overwrite=overwrite, keep=inputs)
     report = render_markdown(summary)
     handle.paths.report.write_text(report, encoding="utf-8")
+    report_path(output).parent.mkdir(parents=True, exist_ok=True)
     report_path(output).write_text(report, encoding="utf-8")
     try:  # the pictures: never worth failing a finished run for
         page = render_html_report(
@@ -338,5 +351,19 @@ def finish(ledger: Ledger, handle: RunHandle, output: Path, overwrite: bool) -> 
         html_report_path(output).write_text(page, encoding="utf-8")
     except Exception as exc:
         LOGGER.warning("run %s: the HTML report could not be written: %s", handle.run_key, exc)
-    ledger.update_run(handle.run_key, state=RunState.FINISHED, output_path=str(output))
+    written = [output, report_path(output), html_report_path(output)]
+    publish_output(output, written + [export_path(output, fmt) for fmt in job.output_formats])
+    handle.paths.publish(handle.paths.report.parent)
+    ledger.update_run(handle.run_key, state=RunState.FINISHED, output_path=url_for(output))
     return summary
+
+
+def publish_output(output: Path, written: list[Path]) -> None:
+    """An output named by URL was written to its working copy here: upload it and the files
+    beside it (reports, copies); the Parquet last, so its presence says the rest is there."""
+    if store_for(output) is None:
+        return
+    for path in sorted(written, key=lambda p: p == output):
+        store = store_for(path)
+        if store is not None and path.is_file():
+            store.upload(path)

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from tasks.infra.ledger import Attempt, Ledger, this_holder
 from tasks.infra.logs import LOGGER
+from tasks.infra.run_layout import RunPaths
 from tasks.infra.table_io import TableSource
+from tasks.infra.work_copies import url_for
 from tasks.lifecycle import Step
 from tasks.money.catalog import check_batch_model
 from tasks.money.estimate import Estimate, check_budget, estimate_plan
@@ -77,10 +79,13 @@ def check(
 def prepare(ledger: Ledger, checked: Checked, runs_root: Path) -> RunHandle:
     """Write the run's request files (or reuse them) and apply the budget while nothing of
     the run has been sent; reads the ledger, writes nothing in it."""
+    paths = RunPaths(runs_root / checked.run_key)
+    paths.pull()  # prepared by another worker: its files, not a second rendering
     plan = prepare_run(checked.source, checked.job, runs_root, checked.identity.input_sha)
     if not any(Step(row.step).sent for row in ledger.batches(checked.run_key)):
         check_budget(estimate_plan(plan, checked.job), checked.job)
-    return RunHandle(checked.run_key, runs_root / checked.run_key, plan, str(checked.source.path.resolve()))
+    paths.publish(paths.run_dir)  # before the ledger names the run: any worker can take it
+    return RunHandle(checked.run_key, paths.run_dir, plan, checked.source.recorded_as)
 
 
 def attempt_of(handle: RunHandle, output: Path, overwrite: bool = False, origin: str = "cli") -> Attempt:
@@ -89,7 +94,7 @@ def attempt_of(handle: RunHandle, output: Path, overwrite: bool = False, origin:
         user = getpass.getuser()
     except (KeyError, OSError):  # no user name in a bare container
         user = "?"
-    return Attempt(handle.input_path, str(output), overwrite, origin, f"{user}@{this_holder()}")
+    return Attempt(handle.input_path, url_for(output), overwrite, origin, f"{user}@{this_holder()}")
 
 
 @contextmanager
@@ -98,7 +103,7 @@ def taken(ledger: Ledger, handle: RunHandle, attempt: Attempt, wait_s: float = 0
     this attempt, its first round planned. RunBusyError (nothing changed) when another
     driver holds it after `wait_s`."""
     job = handle.job
-    ledger.ensure_run(handle.run_key, str(handle.run_dir), job.name, job.provider, attempt)
+    ledger.ensure_run(handle.run_key, url_for(handle.run_dir), job.name, job.provider, attempt)
     with ledger.lease(handle.run_key, wait_s=wait_s):
         ledger.take_over(handle.run_key, attempt)
         ledger.plan_batches(handle.run_key, 1, [(s.shard_no, s.path, s.lines) for s in handle.plan.shards])

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.work_copies import local_for, url_for
 
 if TYPE_CHECKING:
     from tasks.doors.control import RunDetail
@@ -121,8 +122,9 @@ def show_result(result: dict[str, Any], data_dir: Path) -> None:
     for text in summary["rejected_files"]:
         err_console.print(f"[bold red]Rejected by the service:[/] {text}")
     console.print(f"output: [bold]{summary['output_path']}[/]")
-    console.print(f"report: {report_path(Path(summary['output_path']))}")
-    console.print(f"report with charts: {report_path(Path(summary['output_path'])).with_suffix('.html')}")
+    report = report_path(local_for(summary["output_path"]))
+    console.print(f"report: {url_for(report)}")
+    console.print(f"report with charts: {url_for(report.with_suffix('.html'))}")
 
 
 def show_estimate(input_path: Path, estimate: Estimate, max_cost_usd: float | None) -> None:

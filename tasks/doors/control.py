@@ -14,6 +14,8 @@ from tasks import runner
 from tasks.infra.errors import GrokBatchError, ProviderError
 from tasks.infra.ledger import BatchRow, Ledger, RunBusyError, round_and_shard
 from tasks.infra.run_layout import RunPaths
+from tasks.infra.storage import locate
+from tasks.infra.work_copies import local_for
 from tasks.lifecycle import RunState, Step, is_terminal
 from tasks.providers.registry import make_provider
 from tasks.stages.poll import poll_open
@@ -87,9 +89,9 @@ def run_status(ledger: Ledger, prefix: str | None, refresh: bool = True) -> RunS
     if not freshness.startswith("live"):
         heard = max((b.updated_at for b in batches), default=0.0)
         freshness += f"; ledger figures from {_age(heard)}" if heard else ""
-    output = Path(run["output_path"]) if run["output_path"] else None
+    output = locate(run["output_path"]) if run["output_path"] else None
     detail = RunDetail(
-        run, batches, _outcomes(Path(run["run_dir"])), freshness, bool(output and output.exists())
+        run, batches, _outcomes(local_for(run["run_dir"])), freshness, bool(output and output.exists())
     )
     return RunStatus([run], detail)
 

@@ -21,6 +21,7 @@ from tasks.doors.control import find_run
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.logs import LOGGER, Log
 from tasks.infra.table_io import TableSource
+from tasks.infra.work_copies import local_for
 from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
 from tasks.spec.job import JobSpec
@@ -172,7 +173,7 @@ def resume_job(
     try:
         run = find_run(ledger, run_key)
         handle = runner.handle_for(ledger, run["run_key"])
-        output_path = output or Path(run["output_path"])
+        output_path = output or local_for(run["output_path"])
         runner.check_output_path(output_path, overwrite)
         provider = make_provider(handle.job.provider, handle.job.base_url)
         with ledger.lease(handle.run_key):

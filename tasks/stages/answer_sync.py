@@ -263,14 +263,22 @@ def answer_planned(
             return not ledger.cancel_requested(run_key)
 
         complete = not ledger.cancel_requested(run_key) and answer_shard(
-            provider, Path(row.shard_path), journal, limits, limiter, heartbeat=heartbeat, budget_s=remaining
+            provider,
+            paths.shard_file(row.shard_path),
+            journal,
+            limits,
+            limiter,
+            heartbeat=heartbeat,
+            budget_s=remaining,
         )
+        paths.publish(journal)  # answers paid for survive this machine (data on a store)
         if not complete and not ledger.cancel_requested(run_key):
             break  # out of budget: the next call goes on from the journal
         # Complete, or cancelled (before or during the shard): rows never answered end cancelled.
         outcome = BatchState.DONE if complete else BatchState.CANCELLED
         missing = (FAILED, "no answer was recorded for this request", True) if complete else UNSENT_CANCELLED
         write_results(paths, row, [list(read_journal(journal).values())], missing, check)
+        paths.publish(paths.results(row.batch_name))
         ledger.update_batch(row.batch_name, step=Step.COLLECTED, state=outcome, finished=row.lines)
         completed += 1
     return completed

@@ -45,7 +45,9 @@ def plan_follow_up(
     member_shards: list[int] = []
     try:
         for row in rows:
-            keyed = [(json.loads(line)["custom_id"], line) for line in _lines_of(Path(row.shard_path))]
+            keyed = [
+                (json.loads(line)["custom_id"], line) for line in _lines_of(paths.shard_file(row.shard_path))
+            ]
             picked = [(custom_id, line) for custom_id, line in keyed if custom_id in retry_ids]
             if not picked:
                 continue
@@ -58,6 +60,9 @@ def plan_follow_up(
         {"custom_id": pa.array(member_ids, pa.string()), "shard": pa.array(member_shards, pa.int32())}
     )
     pq.write_table(members, paths.round_rows(next_round))
+    paths.publish(
+        paths.round_rows(next_round), *[Path(s.path) for s in shards]
+    )  # before the ledger names them
     ledger.plan_batches(run_key, next_round, [(s.shard_no, s.path, s.lines) for s in shards])
     ledger.update_run(run_key, round_no=next_round)
     return next_round
