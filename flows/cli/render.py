@@ -87,7 +87,7 @@ def show_result(result: dict[str, Any], data_dir: Path) -> None:
     if result["state"] != "finished":
         console.print(
             f"\nRun [bold]{result['run_key']}[/] is still in progress at the service. Continue it with:\n"
-            f"  grok-batch resume {result['run_key']} --data-dir {data_dir}"
+            f"  grok-batch resume {result['run_key']} --data-dir {url_for(data_dir)}"
         )
         return
     from tasks.runner import report_path
