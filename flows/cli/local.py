@@ -14,13 +14,16 @@ import typer
 from flows.cli.options import DATA_DIR, DataDir
 from flows.cli.render import ProgressListener, console, fail, run_with_progress, show_preview, show_result
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.work_copies import local_for, url_for
 
 if TYPE_CHECKING:
     from emulator import RunningEmulator
 
 
 def serve(
-    inbox: Annotated[Path | None, typer.Option(help="Inbox folder (default DATA_DIR/inbox).")] = None,
+    inbox: Annotated[
+        Path | None, typer.Option(parser=local_for, help="Inbox folder or URL (default DATA_DIR/inbox).")
+    ] = None,
     scan_interval: Annotated[float, typer.Option(help="Seconds between inbox scans.")] = 60.0,
     collect_interval: Annotated[
         float, typer.Option(help="Backstop seconds between collector passes (waiting runs book their own).")
@@ -41,8 +44,8 @@ def serve(
     from flows.serve import serve_all
 
     serve_all(
-        data_dir=str(data_dir),
-        inbox_dir=str(inbox) if inbox else None,
+        data_dir=url_for(data_dir),  # what every machine serving these deployments can resolve
+        inbox_dir=url_for(inbox) if inbox else None,
         scan_interval_s=scan_interval,
         collect_interval_s=collect_interval,
         settle_s=settle,
