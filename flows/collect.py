@@ -9,7 +9,6 @@ pass is named for what it did and books the next one only while runs are waiting
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -32,11 +31,11 @@ def collect_pending(data_dir: str | None = None, inbox_dir: str | None = None) -
 
     Args:
         data_dir: Where runs and the ledger live (default $GROK_BATCH_DATA_DIR, else data).
-        inbox_dir: The inbox folder, when it is not DATA_DIR/inbox.
+        inbox_dir: The inbox folder or URL, when it is not DATA_DIR/inbox.
     """
     logger = get_run_logger()
     data_root = data_root_of(data_dir)
-    layout = inbox.InboxLayout.under(data_root, Path(inbox_dir) if inbox_dir else None)
+    layout = inbox.InboxLayout.under(data_root, inbox_dir)
     ledger = Ledger(default_ledger_url(data_root))
     try:
         outcome = collect_pass(

@@ -32,6 +32,7 @@ from tasks.infra.errors import GrokBatchError, ProviderError
 from tasks.infra.ledger import Ledger
 from tasks.infra.run_layout import data_root as data_root_of
 from tasks.infra.table_io import TableSource
+from tasks.infra.work_copies import local_for
 from tasks.lifecycle import RunState
 from tasks.providers.base import BatchProvider
 from tasks.spec.job import JobSpec
@@ -149,11 +150,13 @@ def _on_failed(ledger: Ledger, run: dict[str, Any], exc: Exception) -> None:
         # the run open for the next try.
         if run["state"] in (RunState.OPEN, RunState.COMPLETE):
             ledger.update_run(run["run_key"], state=RunState.FAILED)
-        settle_dropped_file(ledger, run, _layout_of(Path(run["run_dir"])), exc)
+        settle_dropped_file(ledger, run, _layout_of(run["run_dir"]), exc)
 
 
-def _layout_of(run_dir: Path) -> inbox.InboxLayout:
-    return inbox.InboxLayout.under(run_dir.parent.parent)  # DATA_DIR/runs/<run>
+def _layout_of(run_dir: str | Path) -> inbox.InboxLayout:
+    """The inbox folders of a run's data root: DATA_DIR/runs/<run> (the ledger records it as
+    its URL when the data is on a store)."""
+    return inbox.InboxLayout.under(local_for(str(run_dir)).parent.parent)
 
 
 def _advance_or_wait(

@@ -22,6 +22,8 @@ from tasks.doors import inbox
 from tasks.doors.admission import StartHome, admit_settled, no_home, raise_if_failed
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.run_layout import data_root as data_root_of
+from tasks.infra.run_layout import root_url
+from tasks.infra.work_copies import url_for
 from tasks.start import Checked
 
 RUN_JOB_DEPLOYMENT = "run-batch-job/run-job"
@@ -37,11 +39,11 @@ def _start_home_in(data_root: Path) -> StartHome:
         try:
             started: Any = run_deployment(  # sync from sync code (typed sync-or-async)
                 RUN_JOB_DEPLOYMENT,
-                parameters={
-                    "input_path": str(checked.source.path),
+                parameters={  # as any worker on any machine names them: URLs for what is on a store
+                    "input_path": url_for(checked.source.path),
                     "job": checked.job.model_dump(mode="json", exclude={"output"}),
-                    "output": str(output),
-                    "data_dir": str(data_root),
+                    "output": url_for(output),
+                    "data_dir": root_url(data_root),
                 },
                 timeout=0,
                 as_subflow=False,
@@ -60,13 +62,14 @@ def scan_inbox(
     """Claim every dropped table that has stopped growing and submit its batches.
 
     Args:
-        data_dir: Where runs, the ledger and the inbox folders live (default $GROK_BATCH_DATA_DIR, else data).
-        inbox_dir: The inbox folder, when it is not DATA_DIR/inbox.
+        data_dir: Where runs, the ledger and the inbox folders live, a folder or a store URL such as
+            s3://bucket/grok (default $GROK_BATCH_DATA_DIR, else data).
+        inbox_dir: The inbox folder or URL, when it is not DATA_DIR/inbox.
         settle_s: A dropped file is taken once it has not changed for this many seconds.
     """
     logger = get_run_logger()
     data_root = data_root_of(data_dir)
-    layout = inbox.InboxLayout.under(data_root, Path(inbox_dir) if inbox_dir else None)
+    layout = inbox.InboxLayout.under(data_root, inbox_dir)
     ledger = Ledger(default_ledger_url(data_root))
     try:
         outcome = admit_settled(

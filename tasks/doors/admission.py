@@ -2,7 +2,9 @@
 
 Each claimed file is checked for a run it repeats (same content and job), given an
 outbox name no other open run holds, prepared and, in batch mode, submitted. One bad
-drop never stops the others: it moves to failed/ with a note.
+drop never stops the others: it moves to failed/ with a note. The folders may be on a
+store (tasks.doors.inbox): a claimed object's run records its URL, and its output goes to
+the outbox there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from tasks.doors import inbox
 from tasks.infra.errors import PassFailedError, ProviderError
 from tasks.infra.ledger import Ledger
 from tasks.infra.logs import LOGGER, Log
-from tasks.infra.table_io import TableSource
+from tasks.infra.table_io import open_table
+from tasks.infra.work_copies import local_for, url_for
 from tasks.lifecycle import RunState
 from tasks.providers.registry import make_provider
 
@@ -46,21 +49,21 @@ def admit_settled(
     file names by what happened: submitted, duplicates, failed."""
     layout.ensure()
     outcome: dict[str, list[str]] = {"submitted": [], "duplicates": [], "failed": []}
-    recorded = {Path(r["input_path"]).resolve() for r in ledger.find_runs("") if r["origin"] == "inbox"}
+    recorded = {local_for(r["input_path"]) for r in ledger.find_runs("") if r["origin"] == "inbox"}
     for path in inbox.stranded(layout, recorded):
         back = inbox.return_to_inbox(path, layout)
         log.warning("%s was claimed by a scan that died before recording it; taken again", back.name)
     for table in inbox.settled_tables(layout.inbox, settle_s):
         claimed: inbox.Claimed | None = None
         try:
-            claimed = inbox.claim(table, layout)
+            claimed = inbox.claim(table, layout, ledger)
             if claimed is None:
                 continue  # another scan took it
             log.info("claimed %s (job %s) into %s", table.name, claimed.job.name, claimed.path.parent.name)
             kind = _admit(ledger, claimed, layout, runs_root, prepare, submit, start_home, log)
             outcome[kind].append(table.name)
         except Exception as exc:  # one bad drop never stops the scan of the others
-            if claimed is None and not (table.exists() or table.is_symlink()):
+            if claimed is None and not (table.is_symlink() or inbox.exists(table)):
                 continue  # a scan running beside this one claimed it while we looked at it
             log.error("%s cannot be processed: %s", table.name, exc)
             inbox.fail(claimed.path if claimed else table, exc, layout)
@@ -75,12 +78,10 @@ def settle_dropped_file(
     and the run names the file where it now is."""
     if run.get("origin") != "inbox":
         return
-    if error is None:
-        moved = inbox.archive(Path(run["input_path"]), layout)
-    else:
-        moved = inbox.fail(Path(run["input_path"]), error, layout)
-    if moved.exists():
-        ledger.update_run(run["run_key"], input_path=str(moved.resolve()))
+    claimed = local_for(run["input_path"])  # recorded as its URL when it is on a store
+    moved = inbox.archive(claimed, layout) if error is None else inbox.fail(claimed, error, layout)
+    if inbox.exists(moved):
+        ledger.update_run(run["run_key"], input_path=inbox.named(moved))
 
 
 def raise_if_failed(outcome: dict[str, list[str]]) -> None:
@@ -104,9 +105,10 @@ def _admit(
     start_home: StartHome,
     log: Log,
 ) -> str:
-    taken_outputs = {Path(r["output_path"]) for r in ledger.open_runs() if r["output_path"]}
+    taken_outputs = {local_for(r["output_path"]) for r in ledger.open_runs() if r["output_path"]}
     output = inbox.output_for(claimed.name, claimed.sha256, layout, taken_outputs)
-    checked = start.check(TableSource(claimed.path), claimed.job, output, input_sha=claimed.sha256)
+    source = open_table(url_for(claimed.path))  # the run records the claimed object's URL
+    checked = start.check(source, claimed.job, output, input_sha=claimed.sha256)
     key = checked.run_key
     known = ledger.run(key)
     if known is not None and known["state"] != RunState.FAILED:
@@ -134,5 +136,11 @@ def _admit(
             except ProviderError as exc:  # the run is recorded: the collector submits it later
                 log.error("%s is queued; submitting failed for now: %s", claimed.name, exc)
                 return "submitted"
-    log.info("submitted %s as run %s (%s rows, output %s)", claimed.name, key, handle.plan.total_rows, output)
+    log.info(
+        "submitted %s as run %s (%s rows, output %s)",
+        claimed.name,
+        key,
+        handle.plan.total_rows,
+        url_for(output),
+    )
     return "submitted"
