@@ -6,6 +6,7 @@ paid call and the outcome right after it. SQLite by default; any SQLAlchemy URL
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -83,6 +84,17 @@ attempts_table = sa.Table(
 )
 
 
+# The fleet's shared pacing of calls a provider limits per team (batch creations): one row
+# per limit (a provider and its server), whose next free slot every process moves on
+# atomically (GCRA), so the limit holds for all workers together, not for each.
+rate_slots_table = sa.Table(
+    "rate_slots",
+    metadata,
+    sa.Column("limit_key", sa.Text, primary_key=True),  # what is limited, e.g. "batch-create xai <server>"
+    sa.Column("next_free", sa.Float, nullable=False),  # the limit's theoretical arrival time (epoch s)
+)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """What one command asks of a run: the input as given this time, the output, the door it
@@ -103,6 +115,14 @@ class RunBusyError(GrokBatchError):
 # every poll; a holder that died on this machine is taken over at once, one on another
 # machine when its lease runs out.
 LEASE_S = 300.0
+
+# The leases this process holds, by (ledger URL, run key): [the thread holding it, how deep
+# its blocks nest]. The ledger names the process as holder (host:pid), so without this two
+# threads of one process (a collector pass's pool) would both take one run.
+_HELD: dict[tuple[str, str], list[int]] = {}
+_HELD_LOCK = threading.Lock()
+
+MIN_SLOT_WAIT_S = 0.001  # a slot that is free "now" by another process's clock: ask again soon
 
 
 def default_ledger_url(data_dir: Path) -> str:
@@ -138,7 +158,6 @@ class Ledger:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
-        self._lease_depth: dict[str, int] = {}
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -266,27 +285,56 @@ class Ledger:
     @contextmanager
     def lease(self, run_key: str, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the run's lease for the block: claimed on entry (RunBusyError when another
-        driver still has it after `wait_s`), renewed by `renew`, released on exit.
-        Re-entrant within a process, so a stage called inside a driver's block shares the
-        driver's lease."""
-        depth = self._lease_depth.get(run_key, 0)
+        driver, or another thread of this process, still has it after `wait_s`), renewed by
+        `renew`, released on exit. Re-entrant within a thread, so a stage called inside a
+        driver's block shares the driver's lease."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                self.claim(run_key, this_holder(), LEASE_S)
+                self._enter_lease(run_key)
                 break
             except RunBusyError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.5)
-        self._lease_depth[run_key] = depth + 1
         try:
             yield
         finally:
-            self._lease_depth[run_key] = depth
-            if depth == 0:
-                del self._lease_depth[run_key]
-                self.release(run_key, this_holder())
+            self._leave_lease(run_key)
+
+    def _enter_lease(self, run_key: str) -> None:
+        held_key, thread = (self.url, run_key), threading.get_ident()
+        with _HELD_LOCK:
+            held = _HELD.get(held_key)
+            if held is not None and held[0] == thread:
+                held[1] += 1
+                return
+            if held is not None:
+                raise RunBusyError(
+                    f"run {run_key} is being worked on by another thread of this process "
+                    f"({this_holder()}); wait for it, or rerun later"
+                )
+            _HELD[held_key] = [thread, 0]  # claiming: the other threads here keep off
+        try:
+            self.claim(run_key, this_holder(), LEASE_S)
+        except BaseException:
+            with _HELD_LOCK:
+                del _HELD[held_key]
+            raise
+        with _HELD_LOCK:
+            _HELD[held_key][1] = 1
+
+    def _leave_lease(self, run_key: str) -> None:
+        held_key = (self.url, run_key)
+        with _HELD_LOCK:
+            _HELD[held_key][1] -= 1
+            if _HELD[held_key][1] > 0:
+                return
+        try:  # still marked ours until released, so no thread here claims it meanwhile
+            self.release(run_key, this_holder())
+        finally:
+            with _HELD_LOCK:
+                del _HELD[held_key]
 
     def renew(self, run_key: str) -> None:
         """Extend our lease before a paid call or a long wait; RunBusyError if another
@@ -339,6 +387,36 @@ class Ledger:
                 .where(runs_table.c.run_key == run_key, runs_table.c.holder == holder)
                 .values(holder=None, lease_until=None)
             )
+
+    # -- the fleet's rate limits -----------------------------------------------
+    def take_slot(self, limit_key: str, now: float, interval_s: float, burst: int = 1) -> float:
+        """Take a slot of the fleet-wide limit `limit_key` (one call every `interval_s`, up to
+        `burst` at once) at time `now` (epoch seconds): 0.0 when taken, else the seconds
+        until one may be free (nothing taken; ask again then). GCRA: one atomic UPDATE moves
+        the limit's next free time on, so two processes never take the same slot."""
+        tolerance = max(burst - 1, 0) * interval_s
+        next_free = rate_slots_table.c.next_free
+        with self.tx() as conn:
+            taken = conn.execute(
+                rate_slots_table.update()
+                .where(rate_slots_table.c.limit_key == limit_key, next_free <= now + tolerance)
+                .values(next_free=sa.case((next_free > now, next_free), else_=now) + interval_s)
+            ).rowcount
+            if taken == 1:
+                return 0.0
+            booked = conn.execute(
+                sa.select(next_free).where(rate_slots_table.c.limit_key == limit_key)
+            ).scalar()
+        if booked is None:  # the first call ever under this limit
+            try:
+                with self.tx() as conn:
+                    conn.execute(
+                        rate_slots_table.insert().values(limit_key=limit_key, next_free=now + interval_s)
+                    )
+            except sa.exc.IntegrityError:
+                return MIN_SLOT_WAIT_S  # another process was first: ask again
+            return 0.0
+        return max(float(booked) - tolerance - now, MIN_SLOT_WAIT_S)
 
     # -- batches -------------------------------------------------------------
     def plan_batches(self, run_key: str, round_no: int, shards: list[tuple[int, str, int]]) -> None:
@@ -408,9 +486,12 @@ def _add_missing_columns(engine: Engine) -> None:
 
 
 def _engine_options(url: str) -> dict[str, Any]:
+    # Threads share the engine (a collector pass advances runs concurrently): a few
+    # connections are kept, and a busy moment opens more rather than waiting for one.
+    pool = {"pool_size": 8, "max_overflow": -1}
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60, "check_same_thread": False}}
-    return {"pool_pre_ping": True}
+        return {"connect_args": {"timeout": 60, "check_same_thread": False}, **pool}
+    return {"pool_pre_ping": True, **pool}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
