@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,9 @@ from tasks.infra.errors import InputError
 STORAGE_BLOCK_ENV = "GROK_BATCH_STORAGE_BLOCK"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _KNOWN = "a path, file://, s3://, gs:// or abfs://"
+# `s3:/bucket/x` is a URL missing a slash, not a local folder named "s3:" (one letter is a
+# Windows drive, C:/x; `file:/x` is a proper file URL)
+_BROKEN_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 COPY_CHUNK = 8 << 20  # bytes moved at a time between a store and a local file
 
 
@@ -117,7 +121,18 @@ class Location:
             selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
             found = self.fs.get_file_info(selector)
         files = [info for info in found if info.type == pafs.FileType.File]
+        if not files and self._bucket_missing():
+            raise StorageError(f"{self.url}: cannot list it: the bucket does not exist")
         return sorted(((self._at(info.path), info) for info in files), key=lambda pair: pair[0].path)
+
+    def _bucket_missing(self) -> bool:
+        """Whether this remote location's bucket is absent (a store answers "not found" alike for
+        an object and for a whole bucket; only this tells them apart)."""
+        if not self.remote:
+            return False
+        bucket = self.path.split("/", 1)[0]
+        with storage_errors(self.url, "read"):
+            return self.fs.get_file_info(bucket).type == pafs.FileType.NotFound
 
     def _at(self, path: str) -> Location:
         relative = posixpath.relpath(path, self.path) if self.remote else os.path.relpath(path, self.path)
@@ -127,7 +142,12 @@ class Location:
     @contextmanager
     def open_read(self) -> Iterator[pa.NativeFile]:
         with storage_errors(self.url, "read"):
-            stream = self.fs.open_input_file(self.path)
+            try:
+                stream = self.fs.open_input_file(self.path)
+            except FileNotFoundError:
+                if self._bucket_missing():
+                    raise StorageError(f"{self.url}: cannot read it: the bucket does not exist") from None
+                raise
         try:
             yield stream
         finally:
@@ -142,25 +162,31 @@ class Location:
 
     @contextmanager
     def open_write(self) -> Iterator[pa.NativeFile]:
-        """A stream whose bytes appear at this location only when it closes without error: an
-        object store publishes an upload whole on completion; on disk, a temporary file beside
-        the target is renamed over it."""
-        target = self.path if self.remote else f"{self.path}.{uuid.uuid4().hex[:8]}.partial"
+        """A stream whose bytes appear at this location only when it closes without error: on
+        disk a temporary file beside the target is renamed over it; for an object store they
+        go to a local temporary file, uploaded on success. (pyarrow cannot abort an upload:
+        closing its stream, even after an error, publishes what was written.)"""
+        if self.remote:
+            with tempfile.TemporaryDirectory(prefix="grok-batch-upload-") as folder:
+                spool = Path(folder, self.name or "object")
+                with pa.OSFile(str(spool), "wb") as stream:
+                    yield stream
+                self._send(spool)
+            return
+        partial = f"{self.path}.{uuid.uuid4().hex[:8]}.partial"
         with storage_errors(self.url, "write"):
-            if not self.remote:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            stream = self.fs.open_output_stream(target)
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            stream = self.fs.open_output_stream(partial)
         try:
             yield stream
         except BaseException:
-            _abandon(stream)
-            if not self.remote:
-                Path(target).unlink(missing_ok=True)
+            with suppress(Exception):
+                stream.close()
+            Path(partial).unlink(missing_ok=True)
             raise
         with storage_errors(self.url, "write"):
             stream.close()
-            if not self.remote:
-                os.replace(target, self.path)
+            os.replace(partial, self.path)
 
     def write_bytes(self, data: bytes) -> None:
         with self.open_write() as stream, storage_errors(self.url, "write"):
@@ -171,7 +197,20 @@ class Location:
 
     def upload(self, local: Path) -> None:
         """Stream a local file here (never whole in memory)."""
+        if self.remote:
+            self._send(local)
+            return
         with local.open("rb") as source, self.open_write() as target, storage_errors(self.url, "write"):
+            while chunk := source.read(COPY_CHUNK):
+                target.write(chunk)
+
+    def _send(self, local: Path) -> None:
+        """Upload a finished local file straight to this remote location."""
+        with (
+            local.open("rb") as source,
+            storage_errors(self.url, "write"),
+            self.fs.open_output_stream(self.path) as target,
+        ):
             while chunk := source.read(COPY_CHUNK):
                 target.write(chunk)
 
@@ -207,19 +246,11 @@ class Location:
         """Write and delete a small object beside this location, so a denied write or a missing
         bucket is found before anything is paid for."""
         probe = self.with_name(f".grok-batch-probe-{uuid.uuid4().hex[:8]}")
-        probe.write_bytes(b"")
-        probe.delete()
-
-
-def _abandon(stream: pa.NativeFile) -> None:
-    abort = getattr(stream, "abort", None)  # pyarrow's S3 output streams can drop an upload
-    try:
-        if callable(abort):
-            abort()
-        else:
-            stream.close()
-    except Exception:
-        pass
+        try:
+            probe.write_bytes(b"")
+            probe.delete()
+        except StorageError as exc:  # name the place the user gave, not the probe beside it
+            raise StorageError(str(exc).replace(probe.url, self.url, 1)) from None
 
 
 # -- naming a location ----------------------------------------------------------------------
@@ -235,6 +266,12 @@ def locate(target: str | Path | Location) -> Location:
     text = str(target)
     if text.startswith("file://"):
         text = text.removeprefix("file://")
+    elif text.startswith("file:/"):
+        text = text.removeprefix("file:")
+    broken = _BROKEN_URL.match(text)
+    if broken:
+        scheme = broken.group(1).lower()
+        raise StorageError(f"{text}: not a URL nor a path (write {scheme}://BUCKET/path, two slashes)")
     scheme = scheme_of(text)
     if not scheme:
         path = str(Path(text).expanduser())
@@ -322,15 +359,18 @@ def storage_errors(url: str, verb: str) -> Iterator[None]:
 
 def _reason(message: str) -> str:
     text = _scrub(message)
-    if "ACCESS_DENIED" in text or "AccessDenied" in text or "403" in text:
+    # judge by what the store said, not by the key or bucket names the message quotes first
+    # (a key like 'a403f.csv' or 'Timeout.csv' is not an answer)
+    said = text.split("AWS Error", 1)[1] if "AWS Error" in text else text
+    if re.search(r"ACCESS_DENIED|AccessDenied|HTTP status 403\b|\b403 Forbidden", said):
         return (
             "access denied (check the credentials: the AWS_* variables or profile, "
             f"or the block {STORAGE_BLOCK_ENV} names)"
         )
-    bucket = re.search(r"[Bb]ucket '?([^' ]+)'? (?:not found|does not exist)|NoSuchBucket", text)
-    if bucket or "NO_SUCH_BUCKET" in text:
+    bucket = re.search(r"[Bb]ucket '?([^' ]+)'? (?:not found|does not exist)|NoSuchBucket", said)
+    if bucket or "NO_SUCH_BUCKET" in said:
         return "the bucket does not exist"
-    if re.search(r"curlCode|[Cc]ould ?n[o']t connect|Connection refused|NETWORK_CONNECTION|Timeout", text):
+    if re.search(r"curlCode|[Cc]ould ?n[o']t connect|Connection refused|NETWORK_CONNECTION|Timeout", said):
         return "the storage service cannot be reached (check AWS_ENDPOINT_URL and the network)"
     return text.splitlines()[0] if text else "unknown error"
 
