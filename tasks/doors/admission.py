@@ -51,8 +51,9 @@ def admit_settled(
     outcome: dict[str, list[str]] = {"submitted": [], "duplicates": [], "failed": []}
     recorded = {local_for(r["input_path"]) for r in ledger.find_runs("") if r["origin"] == "inbox"}
     for path in inbox.stranded(layout, recorded):
-        back = inbox.return_to_inbox(path, layout)
-        log.warning("%s was claimed by a scan that died before recording it; taken again", back.name)
+        back = inbox.return_to_inbox(path, layout, ledger)
+        if back is not None:
+            log.warning("%s was claimed by a scan that died before recording it; taken again", back.name)
     for table in inbox.settled_tables(layout.inbox, settle_s):
         claimed: inbox.Claimed | None = None
         try:

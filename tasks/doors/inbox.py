@@ -28,7 +28,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +225,9 @@ def claim(table: Path, layout: InboxLayout, ledger: Ledger | None = None) -> Cla
     then) so that scanners on other machines wait their turn and find it gone."""
     if table.is_symlink():
         raise InputError(f"{table.name} is a symbolic link; drop the file itself (a link may point anywhere)")
-    with held(table, layout, ledger) as ours:
+    # On one disk a rename is the claim; a copy and a delete on a store are not atomic.
+    atomic = not on_store(table) and not on_store(layout.processing)
+    with nullcontext(True) if atomic else held(table, ledger) as ours:
         if not ours:
             return None  # another scanner is claiming it right now
         local = fetch(url_for(table))  # the drop itself, or this machine's copy of the object
@@ -311,15 +313,21 @@ def stranded(layout: InboxLayout, recorded: set[Path], now: float | None = None)
     return found
 
 
-def return_to_inbox(processing_path: Path, layout: InboxLayout) -> Path:
-    """Put a stranded claim back where it was dropped (with its own job), for the next scan."""
-    name = dropped_name(processing_path)
-    target = _free_path(layout.inbox, name)
-    job = processing_path.with_name(_stem(processing_path.name) + JOB_SUFFIX)
-    if exists(job):
-        _move(job, _free_path(layout.inbox, _stem(target.name) + JOB_SUFFIX))
-    _move(processing_path, target)
-    _at(_claim_marker(processing_path)).delete()
+def return_to_inbox(processing_path: Path, layout: InboxLayout, ledger: Ledger | None = None) -> Path | None:
+    """Put a stranded claim back where it was dropped (with its own job), for the next scan;
+    None when another scanner put it back first. Where a store is involved, under the claim's
+    hold in `ledger` (required then)."""
+    atomic = not on_store(processing_path) and not on_store(layout.inbox)
+    with nullcontext(True) if atomic else held(processing_path, ledger) as ours:
+        if not ours or not exists(processing_path):
+            return None
+        name = dropped_name(processing_path)
+        target = _free_path(layout.inbox, name)
+        job = processing_path.with_name(_stem(processing_path.name) + JOB_SUFFIX)
+        if exists(job):
+            _move(job, _free_path(layout.inbox, _stem(target.name) + JOB_SUFFIX))
+        _move(processing_path, target)
+        _at(_claim_marker(processing_path)).delete()
     return target
 
 
@@ -409,15 +417,12 @@ _holds_made: set[str] = set()
 
 
 @contextmanager
-def held(table: Path, layout: InboxLayout, ledger: Ledger | None) -> Iterator[bool]:
-    """The drop's hold for the block: True when it is ours, False when another scanner has
-    it. Always True for a drop moved by a rename on one disk, which needs no hold."""
-    if not on_store(table) and not on_store(layout.processing):
-        yield True
-        return
+def held(path: Path, ledger: Ledger | None) -> Iterator[bool]:
+    """The hold on a file of the inbox folders for the block: True when it is ours, False
+    while another scanner has it."""
     if ledger is None:
-        raise ValueError(f"claiming {url_for(table)} takes the ledger (a store has no atomic rename)")
-    key = hashlib.sha256(url_for(table).encode("utf-8")).hexdigest()
+        raise ValueError(f"moving {url_for(path)} on a store takes the ledger (a store has no atomic rename)")
+    key = hashlib.sha256(url_for(path).encode("utf-8")).hexdigest()
     holder = this_holder()
     ours = _take_hold(ledger, key, holder)
     try:
