@@ -13,6 +13,11 @@ class InputError(GrokBatchError):
     """The input table cannot be used as given."""
 
 
+class StorageError(InputError):
+    """A storage location (a path or a bucket URL) cannot be read or written; the message
+    names its URL and what failed, never a credential."""
+
+
 class ProviderError(GrokBatchError):
     """The batch service refused or failed a call in a way retries did not fix."""
 

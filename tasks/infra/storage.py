@@ -32,30 +32,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tasks.infra.errors import InputError
+from tasks.infra.errors import StorageError as StorageError
+from tasks.infra.urls import is_remote as is_remote
+from tasks.infra.urls import refuse_broken, scheme_of
 
 STORAGE_BLOCK_ENV = "GROK_BATCH_STORAGE_BLOCK"
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _KNOWN = "a path, file://, s3://, gs:// or abfs://"
-# `s3:/bucket/x` is a URL missing a slash, not a local folder named "s3:" (one letter is a
-# Windows drive, C:/x; `file:/x` is a proper file URL)
-_BROKEN_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 COPY_CHUNK = 8 << 20  # bytes moved at a time between a store and a local file
-
-
-class StorageError(InputError):
-    """A storage location cannot be read or written; the message names its URL."""
-
-
-def scheme_of(target: str | Path) -> str:
-    """'s3' for s3://bucket/x, '' for a plain path (file:// is a path too)."""
-    found = _SCHEME.match(str(target))
-    scheme = found.group(1).lower() if found else ""
-    return "" if scheme == "file" else scheme
-
-
-def is_remote(target: str | Path) -> bool:
-    return bool(scheme_of(target))
 
 
 @dataclass(frozen=True)
@@ -268,10 +251,7 @@ def locate(target: str | Path | Location) -> Location:
         text = text.removeprefix("file://")
     elif text.startswith("file:/"):
         text = text.removeprefix("file:")
-    broken = _BROKEN_URL.match(text)
-    if broken:
-        scheme = broken.group(1).lower()
-        raise StorageError(f"{text}: not a URL nor a path (write {scheme}://BUCKET/path, two slashes)")
+    refuse_broken(text)
     scheme = scheme_of(text)
     if not scheme:
         path = str(Path(text).expanduser())
