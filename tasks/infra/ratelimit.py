@@ -1,4 +1,5 @@
-"""Client-side pacing for synchronous requests: requests and tokens per minute.
+"""Client-side pacing: requests and tokens per minute within a process (`RateLimiter`),
+and calls per minute for the whole fleet, shared through the ledger (`FleetLimiter`).
 
 A shared schedule (GCRA): each request reserves the next free start time, so requests
 are at least 60/rpm seconds apart whatever the number of worker threads, and tokens
@@ -11,6 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.infra.ledger import Ledger
 
 
 class RateLimiter:
@@ -57,3 +63,56 @@ class RateLimiter:
         """The service asked to slow down: nobody starts a request for `seconds`."""
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+
+@dataclass(frozen=True)
+class FleetRate:
+    """A limit every process writing the same ledger shares: `per_minute` calls (0: no
+    limit), up to `burst` at once, counted under `name` (e.g. a provider and its server)."""
+
+    name: str
+    per_minute: float
+    burst: int = 1
+
+
+class FleetLimiter:
+    """Takes slots of a FleetRate from the ledger (Ledger.take_slot), waiting for one in
+    steps of at most `step_s`. Clock and sleep are wall time (slots are compared across
+    machines) unless a test gives its own."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        rate: FleetRate,
+        *,
+        step_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate.per_minute < 0 or rate.burst < 1:
+            raise ValueError(f"a fleet rate needs per_minute >= 0 and burst >= 1, not {rate}")
+        self.ledger, self.rate, self.step_s = ledger, rate, step_s
+        self._clock, self._sleep = clock, sleep
+
+    def acquire(self, max_wait_s: float, on_wait: Callable[[], None] = lambda: None) -> float | None:
+        """Take a slot; the time (by the clock) it was taken at, or None when none came free
+        within `max_wait_s` (nothing taken). `on_wait` runs after each step of waiting: a
+        driver renews its run's lease there."""
+        if self.rate.per_minute == 0:
+            return self._clock()
+        interval_s = 60.0 / self.rate.per_minute
+        deadline = self._clock() + max_wait_s
+        for _ in range(MAX_SLOT_ASKS):
+            now = self._clock()
+            until = self.ledger.take_slot(self.rate.name, now, interval_s, self.rate.burst)
+            if until <= 0:
+                return now
+            if now + until > deadline:
+                return None
+            self._sleep(min(until, self.step_s))
+            on_wait()
+        return None
+
+
+# Bounds a wait for a slot whatever the clock does (each ask waits until a slot may be free).
+MAX_SLOT_ASKS = 100_000
