@@ -31,7 +31,7 @@ from tasks.doors.drive import Driver, WaitPolicy, resume_job, run_job, waiting_d
 from tasks.infra.errors import GrokBatchError, ProviderError
 from tasks.infra.ledger import Ledger
 from tasks.infra.run_layout import data_root as data_root_of
-from tasks.infra.table_io import TableSource
+from tasks.infra.table_io import open_table
 from tasks.infra.work_copies import local_for
 from tasks.lifecycle import RunState
 from tasks.providers.base import BatchProvider
@@ -105,9 +105,10 @@ def run_batch_job(
     by collect-pending to collect and join.
 
     Args:
-        input_path: The table to run: a .csv or .parquet path the worker can read.
+        input_path: The table to run (.csv, .jsonl, .xlsx, .parquet): a path the worker can
+            read or a URL (s3://bucket/reviews.csv).
         job: The question for every row: model, prompt template, parameters.
-        output: Where the output .parquet goes (default DATA_DIR/outbox/INPUT.parquet).
+        output: Where the output .parquet goes, a path or a URL (default DATA_DIR/outbox/INPUT.parquet).
         overwrite: Replace the output if it exists (else an existing output stops the run).
         data_dir: Where runs and the ledger live (default $GROK_BATCH_DATA_DIR, else data).
         encoding: Text encoding of a CSV input.
@@ -124,9 +125,9 @@ def run_batch_job(
         return here(ledger, provider, handle, output_path, overwrite)
 
     result = run_job(
-        TableSource(Path(input_path), encoding=encoding),
+        open_table(input_path, encoding=encoding),  # a path or a URL (another machine's drop)
         job,
-        Path(output) if output else None,
+        local_for(output) if output else None,
         overwrite,
         data_root,
         driver,
@@ -203,7 +204,11 @@ def resume_batch_job(
     """Continue a run recorded in the ledger (after a crash, --no-wait, or a wait limit)."""
     policy = WaitPolicy(wait, poll_interval_s, max_poll_interval_s, max_wait_s)
     return resume_job(
-        data_root_of(data_dir), run_key, Path(output) if output else None, overwrite, _waiting_driver(policy)
+        data_root_of(data_dir),
+        run_key,
+        local_for(output) if output else None,
+        overwrite,
+        _waiting_driver(policy),
     )
 
 

@@ -24,7 +24,8 @@ from tasks.doors.drive import WaitPolicy
 from tasks.infra.errors import GrokBatchError
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.run_layout import data_root as data_root_of
-from tasks.infra.table_io import TableSource
+from tasks.infra.table_io import TableSource, open_table
+from tasks.infra.work_copies import local_for
 from tasks.spec.job import JobSpec, build_job
 from tasks.stages.prepare import identify
 from tasks.start import dry_run, pinned
@@ -93,7 +94,13 @@ def run(
     spec = _job(job, fields)
     root = data_root_of(str(data_dir) if data_dir else None)
     source, index = _source(data, root)
-    target = Path(output) if output else _api_output(source, spec, root) if index is not None else None
+    target = (
+        local_for(os.fspath(output))
+        if output
+        else _api_output(source, spec, root)
+        if index is not None
+        else None
+    )
     policy = WaitPolicy(wait=wait, poll_interval_s=1.0, max_poll_interval_s=30.0)
     # An output of our own naming is ours to rewrite (a rerun of the cell joins again, paying nothing).
     overwrite = output is None and target is not None
@@ -201,7 +208,7 @@ def _job(job: JobLike, fields: Mapping[str, Any]) -> JobSpec:
 def _source(data: Any, root: Path) -> tuple[TableSource, Any]:
     """The table as a file the pipeline reads, and the input's index to put back (None for a file)."""
     if isinstance(data, str | os.PathLike):
-        return TableSource(Path(data)), None
+        return open_table(os.fspath(data)), None  # a path or a URL (s3://…)
     import pandas as pd
     import pyarrow as pa
 

@@ -17,8 +17,7 @@ def resolve_api_key(env_var: str, secret_block: str) -> str:
     value = os.environ.get(env_var, "").strip()
     if value:
         return value
-    if block_may_exist(secret_block):  # asking would start a Prefect server for nothing
-        value = secret_value(secret_block)
+    value = secret_value(secret_block)
     if value:
         return value
     raise ProviderError(
@@ -28,11 +27,20 @@ def resolve_api_key(env_var: str, secret_block: str) -> str:
 
 
 def secret_value(name: str) -> str:
-    """A Prefect Secret block's value, or \"\" when there is none (never logged)."""
+    """A Prefect Secret block's value as text, or \"\" when there is none (never logged)."""
+    value = secret_object(name)
+    return "" if value is None else str(value).strip()
+
+
+def secret_object(name: str) -> Any:
+    """A Prefect Secret block's value as Prefect gives it (a JSON object saved as one comes back
+    a dict), or None when there is none."""
+    if not block_may_exist(name):  # asking would start a Prefect server for nothing
+        return None
     try:
         from prefect.blocks.system import Secret
 
         secret: Any = Secret.load(name)
-        return str(secret.get()).strip()
+        return secret.get()
     except Exception:
-        return ""
+        return None

@@ -305,15 +305,18 @@ def _new_fs(scheme: str, url: str, block: str) -> pafs.FileSystem:
 
 
 def _storage_secret(block: str) -> dict[str, str]:
-    from tasks.infra.secrets import secret_value
+    from tasks.infra.secrets import secret_object
 
-    raw = secret_value(block)
-    if not raw:
+    found = secret_object(block)
+    if found is None or found == "":
         raise StorageError(f"{STORAGE_BLOCK_ENV} names the Prefect Secret block {block!r}; it was not found")
-    try:
-        found = json.loads(raw)
-    except json.JSONDecodeError:
-        raise StorageError(f"the Prefect Secret block {block!r} ({STORAGE_BLOCK_ENV}) is not JSON") from None
+    if isinstance(found, str):  # saved as text holding JSON
+        try:
+            found = json.loads(found)
+        except json.JSONDecodeError:
+            raise StorageError(
+                f"the Prefect Secret block {block!r} ({STORAGE_BLOCK_ENV}) is not JSON"
+            ) from None
     if not isinstance(found, dict):
         raise StorageError(f"the Prefect Secret block {block!r} ({STORAGE_BLOCK_ENV}) is not a JSON object")
     return {str(k): str(v) for k, v in found.items() if v}

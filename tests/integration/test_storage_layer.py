@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.infra import storage
 from tasks.infra.storage import COPY_CHUNK, Location, StorageError, locate
 from tests.s3_server import RunningS3
 
@@ -163,3 +164,24 @@ def test_an_unreachable_endpoint_is_named(
     target = locate(f"{s3_env}/table-403.csv")  # a 403 in a name is not a refusal
     for action in (target.read_bytes, target.probe_write, target.exists):
         assert "cannot be reached" in refusal(action, target.url, s3_server)
+
+
+def test_credentials_from_a_prefect_secret_block(
+    prefect_harness: None, s3_server: RunningS3, s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GROK_BATCH_STORAGE_BLOCK names a Secret block holding the store's keys and endpoint: no
+    AWS variable is needed, and a block that does not exist is named."""
+    from prefect.blocks.system import Secret
+
+    keys = {"access_key": s3_server.admin.access_key, "secret_key": s3_server.admin.secret_key}
+    Secret(value={**keys, "endpoint_url": s3_server.endpoint}).save("grok-test-store", overwrite=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(storage.STORAGE_BLOCK_ENV, "grok-test-store")
+    place = locate(f"{s3_env}/from-a-block.txt")
+    place.write_text("kept")
+    assert place.read_text() == "kept"
+
+    monkeypatch.setenv(storage.STORAGE_BLOCK_ENV, "no-such-block")
+    with pytest.raises(StorageError, match="'no-such-block'; it was not found"):
+        locate(f"{s3_env}/from-a-block.txt")
