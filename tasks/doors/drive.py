@@ -139,10 +139,8 @@ def run_job(
     took_over = False
     try:
         handle = prepare(ledger, checked, data_root / "runs")
-        processing = inbox.InboxLayout.under(data_root).processing.resolve()
-        attempt = start.attempt_of(
-            handle, output_path, overwrite, "inbox" if Path(handle.input).parent == processing else origin
-        )
+        claimed = inbox.InboxLayout.under(data_root).is_claimed(handle.input)  # a path or a URL
+        attempt = start.attempt_of(handle, output_path, overwrite, "inbox" if claimed else origin)
         if requested_by:
             attempt = replace(attempt, requested_by=requested_by)
         with start.taken(ledger, handle, attempt, wait_s=lease_wait_s):
