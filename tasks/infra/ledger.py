@@ -111,10 +111,20 @@ class RunBusyError(GrokBatchError):
     """Another process holds the run's lease."""
 
 
-# How long a lease lasts without renewal. Drivers renew it before every paid call and on
-# every poll; a holder that died on this machine is taken over at once, one on another
-# machine when its lease runs out.
+# How long a lease lasts without renewal (GROK_BATCH_LEASE_S). Drivers renew it before every
+# paid call and on every poll; a holder that died on this machine is taken over at once, one
+# on another machine when its lease runs out.
 LEASE_S = 300.0
+LEASE_ENV = "GROK_BATCH_LEASE_S"
+
+
+def lease_seconds() -> float:
+    text = os.environ.get(LEASE_ENV, "").strip()
+    try:
+        return float(text) if text else LEASE_S
+    except ValueError:
+        raise GrokBatchError(f"{LEASE_ENV}={text!r} is not a number of seconds") from None
+
 
 # The leases this process holds, by (ledger URL, run key): [the thread holding it, how deep
 # its blocks nest]. The ledger names the process as holder (host:pid), so without this two
@@ -158,6 +168,7 @@ class Ledger:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
+        self._abandoned: dict[str, str] = {}  # run key -> the dead holder its lease was taken from
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -316,7 +327,7 @@ class Ledger:
                 )
             _HELD[held_key] = [thread, 0]  # claiming: the other threads here keep off
         try:
-            self.claim(run_key, this_holder(), LEASE_S)
+            self.claim(run_key, this_holder(), lease_seconds())
         except BaseException:
             with _HELD_LOCK:
                 del _HELD[held_key]
@@ -339,34 +350,36 @@ class Ledger:
     def renew(self, run_key: str) -> None:
         """Extend our lease before a paid call or a long wait; RunBusyError if another
         driver took the run over meanwhile (this one must stop before paying for anything)."""
-        self.claim(run_key, this_holder(), LEASE_S)
+        self.claim(run_key, this_holder(), lease_seconds())
 
     def claim(self, run_key: str, holder: str, lease_s: float) -> None:
-        """Take the run's lease, or raise RunBusyError naming who holds it (use `lease`)."""
+        """Take the run's lease, or raise RunBusyError naming who holds it (use `lease`). A
+        lease taken from a holder that died (its lease ran out, or its process is gone from
+        this machine) is noted: `abandoned_by(run_key)` names it until the lease is released."""
         now = time.time()
+        self._abandoned.pop(run_key, None)
         with self.tx() as conn:
             taken = conn.execute(
                 runs_table.update()
                 .where(runs_table.c.run_key == run_key)
-                .where(
-                    sa.or_(
-                        runs_table.c.holder.is_(None),
-                        runs_table.c.holder == holder,
-                        runs_table.c.lease_until < now,
-                    )
-                )
+                .where(sa.or_(runs_table.c.holder.is_(None), runs_table.c.holder == holder))
                 .values(holder=holder, lease_until=now + lease_s)
             ).rowcount
             if taken != 1:
-                stale = conn.execute(
-                    sa.select(runs_table.c.holder).where(runs_table.c.run_key == run_key)
-                ).scalar()
-                if stale and holder_is_dead(stale):  # SIGKILLed on this machine: take over
+                stale, until = conn.execute(
+                    sa.select(runs_table.c.holder, runs_table.c.lease_until).where(
+                        runs_table.c.run_key == run_key
+                    )
+                ).first() or (None, None)
+                # Ran out (on any machine) or SIGKILLed on this one: take over from exactly it.
+                if stale and ((until or 0.0) < now or holder_is_dead(stale)):
                     taken = conn.execute(
                         runs_table.update()
                         .where(runs_table.c.run_key == run_key, runs_table.c.holder == stale)
                         .values(holder=holder, lease_until=now + lease_s)
                     ).rowcount
+                    if taken == 1:
+                        self._abandoned[run_key] = stale
             if taken != 1:
                 row = conn.execute(
                     sa.select(runs_table.c.holder, runs_table.c.lease_until).where(
@@ -380,7 +393,13 @@ class Ledger:
                     "wait for it, or rerun later"
                 )
 
+    def abandoned_by(self, run_key: str) -> str | None:
+        """The holder that died holding this run's lease, when this ledger took the lease from
+        it (a driver that finds its run's flow run still 'Running' knows then it is not)."""
+        return self._abandoned.get(run_key)
+
     def release(self, run_key: str, holder: str) -> None:
+        self._abandoned.pop(run_key, None)
         with self.tx() as conn:
             conn.execute(
                 runs_table.update()
