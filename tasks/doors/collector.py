@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tasks import runner
@@ -28,6 +27,7 @@ from tasks.doors.drive import Advance, Finish
 from tasks.infra.errors import GrokBatchError, InputError, PassFailedError, ProviderError
 from tasks.infra.ledger import Ledger, RunBusyError
 from tasks.infra.logs import LOGGER, Log
+from tasks.infra.work_copies import local_for
 from tasks.lifecycle import RunState
 from tasks.providers.base import BatchProvider
 from tasks.providers.registry import make_provider
@@ -290,7 +290,8 @@ class _Pass:
             )
             happened.append("advanced")
             if progress.complete:
-                self.finish(ledger, handle, Path(run["output_path"]), bool(run["overwrite"]))
+                # Recorded as its store URL when it goes to one: finished through its working copy.
+                self.finish(ledger, handle, local_for(run["output_path"]), bool(run["overwrite"]))
                 settle_dropped_file(ledger, run, self.layout)
                 self.log.info("run %s finished: %s", key, run["output_path"])
                 happened.append("finished")
