@@ -9,6 +9,7 @@ pass is named for what it did and books the next one only while runs are waiting
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -54,7 +55,9 @@ def collect_pending(data_dir: str | None = None, inbox_dir: str | None = None) -
     if deployed():
         rename_current_run(pass_name(outcome))
         if waiting:  # only while something waits: an idle system books no passes
-            book_collector(next_delay_s(min(float(r["created_at"]) for r in waiting)), logger)
+            # Runs this pass had no time for: the next pass soon, not after the usual backoff.
+            since = time.time() if outcome["not_reached"] else min(float(r["created_at"]) for r in waiting)
+            book_collector(next_delay_s(since), logger)
     raise_if_unreachable(outcome)  # fails this flow run (alerts fire); open runs stay open
     return dict(outcome)
 
@@ -72,6 +75,8 @@ def pass_name(outcome: dict[str, list[str]]) -> str:
             ("failed", "failed"),
             ("unreachable", "unreachable"),
             ("busy", "busy elsewhere"),
+            ("overran", "overran their budget"),
+            ("not_reached", "left for the next pass"),
         )
         if outcome[kind]
     ]

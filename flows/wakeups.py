@@ -22,7 +22,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.runtime import deployment, flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Crashed
 
 from tasks.doors.collector import BUSY, GONE, WAITING, Homes
 from tasks.infra.logs import LOGGER, Log
@@ -113,7 +113,18 @@ def wake(flow_run_id: str) -> None:
     resume_flow_run(UUID(flow_run_id))
 
 
-PREFECT_HOMES = Homes(state=home_state, wake=wake)
+def abandon(flow_run_id: str, holder: str) -> None:
+    """A home whose worker died while it ran (SIGKILL, a lost machine) stays Running in Prefect
+    forever: mark it Crashed, saying who finishes its job."""
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            UUID(flow_run_id),
+            Crashed(message=f"its worker {holder} stopped holding the run; collect-pending finished the job"),
+            force=True,
+        )
+
+
+PREFECT_HOMES = Homes(state=home_state, wake=wake, abandon=abandon)
 
 
 def rename_current_run(name: str) -> None:

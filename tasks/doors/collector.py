@@ -45,6 +45,9 @@ class Homes:
     state: Callable[[str], str]  # flow_run_id -> WAITING | BUSY | GONE
     wake: Callable[[str], None]
     watch: Watch = runner.watch
+    # A home shown running whose driver died (its lease was taken from a dead holder): say so
+    # on the flow run (flow_run_id, holder), so its page does not claim it still runs.
+    abandon: Callable[[str, str], None] = lambda _flow_run_id, _holder: None
 
 
 WAITING, BUSY, GONE = "waiting", "busy", "gone"
@@ -255,6 +258,11 @@ class _Pass:
             provider = self.provider_for(handle.job.provider, handle.job.base_url)
             home = run.get("flow_run_id")
             where = self.homes.state(home) if home else GONE
+            dead = ledger.abandoned_by(key)
+            if where == BUSY and home and dead:  # shown running, but its process died holding the lease
+                self.log.warning("run %s: its flow run %s died with its worker (%s)", key, home, dead)
+                self.homes.abandon(str(home), dead)
+                where = GONE
             if where == BUSY:  # resuming or running: it is its own driver now
                 happened.append("busy")
                 return None

@@ -6,6 +6,7 @@ import pytest
 
 from flows.collect import pass_name
 from flows.wakeups import MAX_DELAY_S, next_delay_s
+from tasks.doors.collector import OUTCOMES
 
 
 def test_a_two_hour_wait_books_at_most_forty_passes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,8 +24,9 @@ def test_a_two_hour_wait_books_at_most_forty_passes(monkeypatch: pytest.MonkeyPa
 
 
 def test_passes_are_named_for_what_they_did() -> None:
-    idle = {k: [] for k in ("advanced", "woken", "finished", "failed", "busy", "unreachable")}
+    idle: dict[str, list[str]] = {k: [] for k in OUTCOMES}
     assert pass_name(idle) == "collect · idle"
     busy = {**idle, "advanced": ["a", "b"], "woken": ["a"], "finished": ["b"]}
     assert pass_name(busy) == "collect · 2 runs advanced · 1 woken · 1 finished"
     assert pass_name({**idle, "advanced": ["a"]}) == "collect · 1 run advanced"
+    assert pass_name({**idle, "not_reached": ["c", "d"]}) == "collect · 2 left for the next pass"
