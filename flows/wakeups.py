@@ -25,6 +25,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Crashed
 
 from tasks.doors.collector import BUSY, GONE, WAITING, Homes
+from tasks.infra.ledger import lease_seconds
 from tasks.infra.logs import LOGGER, Log
 
 COLLECTOR_DEPLOYMENT = "collect-pending/collect-pending"
@@ -104,6 +105,12 @@ def home_state(flow_run_id: str) -> str:
                 force=True,
             )
         return GONE
+    if state.type in (StateType.PENDING, StateType.RUNNING) and waited_s > 2 * lease_seconds():
+        # Asked only by a pass that holds the run's lease: a live home takes the lease within
+        # seconds of starting and keeps it while it works, so one shown running this long
+        # without it died with its worker (SIGKILL, a lost machine: Prefect never hears of it).
+        abandon(flow_run_id, f"shown running {waited_s:.0f} s without holding its run: its worker is gone")
+        return GONE
     if state.type in (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING):
         return BUSY
     return GONE
@@ -113,13 +120,13 @@ def wake(flow_run_id: str) -> None:
     resume_flow_run(UUID(flow_run_id))
 
 
-def abandon(flow_run_id: str, holder: str) -> None:
+def abandon(flow_run_id: str, reason: str) -> None:
     """A home whose worker died while it ran (SIGKILL, a lost machine) stays Running in Prefect
     forever: mark it Crashed, saying who finishes its job."""
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(
             UUID(flow_run_id),
-            Crashed(message=f"its worker {holder} stopped holding the run; collect-pending finished the job"),
+            Crashed(message=f"{reason}; collect-pending finished the job"),
             force=True,
         )
 

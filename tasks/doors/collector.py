@@ -46,8 +46,8 @@ class Homes:
     wake: Callable[[str], None]
     watch: Watch = runner.watch
     # A home shown running whose driver died (its lease was taken from a dead holder): say so
-    # on the flow run (flow_run_id, holder), so its page does not claim it still runs.
-    abandon: Callable[[str, str], None] = lambda _flow_run_id, _holder: None
+    # on the flow run (flow_run_id, why), so its page does not claim it still runs.
+    abandon: Callable[[str, str], None] = lambda _flow_run_id, _why: None
 
 
 WAITING, BUSY, GONE = "waiting", "busy", "gone"
@@ -261,7 +261,7 @@ class _Pass:
             dead = ledger.abandoned_by(key)
             if where == BUSY and home and dead:  # shown running, but its process died holding the lease
                 self.log.warning("run %s: its flow run %s died with its worker (%s)", key, home, dead)
-                self.homes.abandon(str(home), dead)
+                self.homes.abandon(str(home), f"its worker {dead} died holding the run")
                 where = GONE
             if where == BUSY:  # resuming or running: it is its own driver now
                 happened.append("busy")
