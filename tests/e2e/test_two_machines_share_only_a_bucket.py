@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ SHARD_LINES = 8  # three batches a job
 LEASE_S = 6  # a dead machine's runs wait this long for another (300 s in production)
 INTERVAL_S = 12  # two machines on 2 cores: each flow run is a process that imports Prefect (~3 s CPU)
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
+FINAL = ("Completed", "Crashed", "Cancelled")  # never Running, Pending or Scheduled for good
 
 
 @pytest.fixture
@@ -73,17 +75,17 @@ def _machine(name: str, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen
 
 
 def _job_runs(api_url: str) -> dict[str, str]:
-    """Each job's own flow run (its home) by name, and its state once none is still settling."""
+    """The state of every run-job flow run (the jobs' homes), once none is left in a
+    non-final state or 30 s have passed."""
     from prefect.client.orchestration import SyncPrefectClient
 
     deadline = time.monotonic() + 30
     while True:
         with SyncPrefectClient(api_url) as client:
-            runs = client.read_flow_runs(limit=200)
-        homes = {r.name: r.state.name if r.state else "" for r in runs if r.name.startswith("fleet")}
-        if all(state in ("Completed", "Crashed", "Failed") for state in homes.values()):
-            return homes
-        if time.monotonic() > deadline:
+            flow_id = client.read_flow_by_name("run-batch-job").id
+            runs = [r for r in client.read_flow_runs(limit=200) if r.flow_id == flow_id]
+        homes = {f"{r.name} ({r.id})": r.state.name if r.state else "" for r in runs}
+        if all(state in FINAL for state in homes.values()) or time.monotonic() > deadline:
             return homes
         time.sleep(1)
 
@@ -173,9 +175,9 @@ def test_five_jobs_finish_exactly_once_when_one_of_two_machines_dies(
     assert len(archived) == JOBS
     # What the UI shows tells the truth: no job's flow run is left "Running" on the dead machine.
     homes = _job_runs(prefect_server["PREFECT_API_URL"])
-    assert len(homes) == JOBS and all(state in ("Completed", "Crashed") for state in homes.values()), homes
+    assert len(homes) >= JOBS and all(state in FINAL for state in homes.values()), homes
     print(  # the figures the closing note quotes (pytest -s)
         f"\ntwo machines: {JOBS} jobs, {JOBS * ROWS} rows, {len(created)} batches created for "
         f"{len(batches)} shards; machine a killed at {killed_at:.1f}s, all finished at {finished_at:.1f}s; "
-        f"the jobs' flow runs: {sorted(homes.values())}"
+        f"the jobs' flow runs: {sorted(Counter(homes.values()).items())}"
     )
