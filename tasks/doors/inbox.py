@@ -28,11 +28,9 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-
-import sqlalchemy as sa
 
 from tasks.infra.errors import GrokBatchError, InputError, JobSpecError
 from tasks.infra.ledger import Ledger
@@ -402,18 +400,7 @@ def fail(path: Path, error: Exception | str, layout: InboxLayout) -> Path:
 # and the delete that claim an object, given back after. A holder that dies is taken over at
 # once on its own machine, elsewhere when its hold runs out (a claim is a download, a template
 # check and an upload: minutes at most).
-# TODO(ledger): this belongs in tasks/infra/ledger.py as Ledger.hold(name) (its lease works on
-# run rows only); it lives here until the ledger module takes it.
 CLAIM_HOLD_S = 900.0
-_holds_metadata = sa.MetaData()
-_holds = sa.Table(
-    "inbox_holds",
-    _holds_metadata,
-    sa.Column("drop_key", sa.String(64), primary_key=True),  # sha256 of the drop's URL
-    sa.Column("holder", sa.String(255), nullable=False),
-    sa.Column("until", sa.Float, nullable=False),
-)
-_holds_made: set[str] = set()
 
 
 @contextmanager
@@ -422,40 +409,5 @@ def held(path: Path, ledger: Ledger | None) -> Iterator[bool]:
     while another scanner has it."""
     if ledger is None:
         raise ValueError(f"moving {url_for(path)} on a store takes the ledger (a store has no atomic rename)")
-    key = hashlib.sha256(url_for(path).encode("utf-8")).hexdigest()
-    holder = this_holder()
-    ours = _take_hold(ledger, key, holder)
-    try:
+    with ledger.hold(hashlib.sha256(url_for(path).encode("utf-8")).hexdigest(), CLAIM_HOLD_S) as ours:
         yield ours
-    finally:
-        if ours:
-            with ledger.tx() as conn:
-                conn.execute(_holds.delete().where(_holds.c.drop_key == key, _holds.c.holder == holder))
-
-
-def _take_hold(ledger: Ledger, key: str, holder: str) -> bool:
-    if ledger.url not in _holds_made:
-        with suppress(sa.exc.DBAPIError):  # two first scans at once: one of them makes it
-            _holds_metadata.create_all(ledger.engine)
-        _holds_metadata.create_all(ledger.engine)
-        _holds_made.add(ledger.url)
-    for _attempt in range(3):  # free, taken, or given back between the two looks: bounded
-        now = time.time()
-        with suppress(sa.exc.IntegrityError), ledger.tx() as conn:
-            conn.execute(_holds.insert().values(drop_key=key, holder=holder, until=now + CLAIM_HOLD_S))
-            return True
-        with ledger.tx() as conn:
-            row = conn.execute(
-                sa.select(_holds.c.holder, _holds.c.until).where(_holds.c.drop_key == key)
-            ).first()
-            if row is None:
-                continue  # given back meanwhile: try the insert again
-            if row.holder != holder and row.until >= now and not holder_is_dead(row.holder):
-                return False
-            taken = conn.execute(
-                _holds.update()
-                .where(_holds.c.drop_key == key, _holds.c.holder == row.holder)
-                .values(holder=holder, until=now + CLAIM_HOLD_S)
-            ).rowcount
-            return taken == 1
-    return False

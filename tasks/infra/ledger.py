@@ -87,6 +87,17 @@ attempts_table = sa.Table(
 # The fleet's shared pacing of calls a provider limits per team (batch creations): one row
 # per limit (a provider and its server), whose next free slot every process moves on
 # atomically (GCRA), so the limit holds for all workers together, not for each.
+# Holds on names other than runs (an inbox drop being claimed): taken before work that must
+# happen once across machines, given back after; a dead holder's hold is taken over at once
+# on its own machine, elsewhere when it runs out.
+holds_table = sa.Table(
+    "holds",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
+)
+
 rate_slots_table = sa.Table(
     "rate_slots",
     metadata,
@@ -392,6 +403,44 @@ class Ledger:
                     f"run {run_key} is being worked on by {who} (lease for {left:.0f}s more); "
                     "wait for it, or rerun later"
                 )
+
+    @contextmanager
+    def hold(self, name: str, hold_s: float) -> Iterator[bool]:
+        """Hold `name` (at most 64 characters) for the block: True when the hold is ours, False
+        while another holder has it. For work on things that are not runs (an inbox drop on a
+        store, which has no atomic rename); runs take `lease`."""
+        holder = this_holder()
+        ours = self._take_hold(name, holder, hold_s)
+        try:
+            yield ours
+        finally:
+            if ours:
+                with self.tx() as conn:
+                    conn.execute(
+                        holds_table.delete().where(holds_table.c.name == name, holds_table.c.holder == holder)
+                    )
+
+    def _take_hold(self, name: str, holder: str, hold_s: float) -> bool:
+        for _attempt in range(3):  # free, taken, or given back between the two looks: bounded
+            now = time.time()
+            with suppress(sa.exc.IntegrityError), self.tx() as conn:
+                conn.execute(holds_table.insert().values(name=name, holder=holder, until=now + hold_s))
+                return True
+            with self.tx() as conn:
+                row = conn.execute(
+                    sa.select(holds_table.c.holder, holds_table.c.until).where(holds_table.c.name == name)
+                ).first()
+                if row is None:
+                    continue  # given back meanwhile: try the insert again
+                if row.holder != holder and row.until >= now and not holder_is_dead(row.holder):
+                    return False
+                taken = conn.execute(
+                    holds_table.update()
+                    .where(holds_table.c.name == name, holds_table.c.holder == row.holder)
+                    .values(holder=holder, until=now + hold_s)
+                ).rowcount
+                return bool(taken == 1)
+        return False
 
     def abandoned_by(self, run_key: str) -> str | None:
         """The holder that died holding this run's lease, when this ledger took the lease from
