@@ -18,7 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.logs import LOGGER
 from tasks.infra.processes import holder_is_dead, this_holder
+from tasks.infra.work_copies import store_for
 from tasks.lifecycle import RunState, Step, check_run_state, check_step
 
 metadata = sa.MetaData()
@@ -147,7 +149,21 @@ MIN_SLOT_WAIT_S = 0.001  # a slot that is free "now" by another process's clock:
 
 
 def default_ledger_url(data_dir: Path) -> str:
-    return os.environ.get("GROK_BATCH_LEDGER_URL") or f"sqlite:///{(data_dir / 'ledger.sqlite').resolve()}"
+    named = os.environ.get("GROK_BATCH_LEDGER_URL")
+    if named:
+        return named
+    store = store_for(data_dir)
+    if store is not None and store.url not in _WARNED_LOCAL_LEDGER:
+        _WARNED_LOCAL_LEDGER.add(store.url)
+        LOGGER.warning(
+            "the data is on %s but the ledger is this machine's own SQLite file: other machines "
+            "cannot see or take over these runs; set GROK_BATCH_LEDGER_URL (PostgreSQL) for a team",
+            store.url,
+        )
+    return f"sqlite:///{(data_dir / 'ledger.sqlite').resolve()}"
+
+
+_WARNED_LOCAL_LEDGER: set[str] = set()
 
 
 @dataclass(frozen=True)
