@@ -19,7 +19,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import tempfile
 import threading
 import uuid
@@ -364,19 +363,3 @@ def _scrub(message: str) -> str:
         if value:
             message = message.replace(value, "***")
     return message
-
-
-def copy_tree(source: Location, target: Location) -> int:
-    """Copy every file under `source` to the same place under `target`; returns the count."""
-    copied = 0
-    for found, _info in source.files(recursive=True):
-        relative = found.path[len(source.path) :].lstrip("/" + os.sep)
-        destination = target.child(*relative.replace(os.sep, "/").split("/"))
-        with storage_errors(found.url, "copy"):
-            if not found.remote and not destination.remote:
-                Path(destination.path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(found.path, destination.path)
-            else:
-                pafs.copy_files(found.path, destination.path, found.fs, destination.fs)
-        copied += 1
-    return copied

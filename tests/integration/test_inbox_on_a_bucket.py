@@ -38,6 +38,17 @@ def names(folder: Location) -> list[str]:
     return [found.name for found, _info in folder.files()]
 
 
+def _in_processing(root: Location, claimed: inbox.Claimed) -> str:
+    """Asserts the claimed drop, its job and its claim marker are all in processing/; its stem."""
+    stem = claimed.path.name.removesuffix(".csv")
+    assert sorted(names(root.child("processing"))) == [
+        f".{stem}.csv.claimed-by",
+        f"{stem}.csv",
+        f"{stem}.job.yaml",
+    ]
+    return stem
+
+
 @pytest.fixture
 def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's machine: its own working copies (nothing of another test's cache)."""
@@ -170,12 +181,7 @@ def test_a_drop_another_scanner_is_claiming_is_left_to_it_and_taken_once_that_on
         claimed = inbox.claim(table, layout, ledger)
         assert claimed is not None and claimed.name == "busy.csv"
         assert names(root.child("inbox")) == []
-        stem = claimed.path.name.removesuffix(".csv")
-        assert sorted(names(root.child("processing"))) == [
-            f".{stem}.csv.claimed-by",
-            f"{stem}.csv",
-            f"{stem}.job.yaml",
-        ]
+        stem = _in_processing(root, claimed)
         assert root.child("processing", f"{stem}.csv").read_text() == 'text\n"x"\n"y"\n'
         assert claimed.path.read_text() == 'text\n"x"\n"y"\n'  # this machine's copy, for the run
         assert inbox.claim(table, layout, ledger) is None  # gone: nobody claims it twice
@@ -276,11 +282,6 @@ def test_a_claim_whose_scan_died_before_recording_it_is_taken_again_from_the_buc
     finally:
         ledger.close()
     assert names(root.child("inbox")) == []
-    stem = claimed.path.name.removesuffix(".csv")
-    assert sorted(names(root.child("processing"))) == [
-        f".{stem}.csv.claimed-by",
-        f"{stem}.csv",
-        f"{stem}.job.yaml",
-    ]
+    stem = _in_processing(root, claimed)
     assert run["input_path"] == root.child("processing", f"{stem}.csv").url and run["origin"] == "inbox"
     assert emulator.state.count("POST", "/v1/batches", 200) == 1
