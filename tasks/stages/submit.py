@@ -19,6 +19,8 @@ from tasks.infra.errors import InputError
 from tasks.infra.ledger import Ledger
 from tasks.infra.logs import LOGGER
 from tasks.infra.ratelimit import FleetLimiter, FleetRate
+from tasks.infra.run_layout import RunPaths
+from tasks.infra.work_copies import local_for
 from tasks.lifecycle import BatchState, Step
 from tasks.providers.base import BatchProvider
 
@@ -62,6 +64,8 @@ def submit_planned(
     and server) paces the creations.
     """
     limiter = limiter or FleetLimiter(ledger, batch_create_rate(provider))
+    run = ledger.run(run_key) or {}
+    paths = RunPaths(local_for(run["run_dir"])) if run else None  # this machine's copy of the run
     submitted = 0
     for row in ledger.batches(run_key):
         if row.batch_id is not None or row.step == Step.CREATED:
@@ -70,7 +74,8 @@ def submit_planned(
         file_id = row.file_id
         if file_id is None:
             ledger.update_batch(row.batch_name, step=Step.UPLOADING)
-            file_id = provider.upload(Path(row.shard_path))
+            # Planned perhaps on another machine: its shard as this machine holds it.
+            file_id = provider.upload(paths.shard_file(row.shard_path) if paths else Path(row.shard_path))
             ledger.update_batch(row.batch_name, step=Step.UPLOADED, file_id=file_id)
             crashpoint(AFTER_UPLOAD)
         batch_id = provider.find_batch(row.batch_name) if row.step == Step.CREATING else None

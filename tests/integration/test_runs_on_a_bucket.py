@@ -4,6 +4,7 @@ refused before anything is uploaded to the service."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -104,13 +105,45 @@ def test_another_machine_finishes_a_run_from_the_bucket_alone(
     )  # how to go on names the bucket, not a local copy
     run_key = next(word for word in first.split() if len(word) == 16 and word.isalnum())
 
+    shutil.rmtree(tmp_path / "machine-a")  # its working copy is a cache: gone with the machine
     _cli(["resume", run_key, *args], emulator, tmp_path / "machine-b", GROK_BATCH_LEDGER_URL=ledger)
-    assert not list((tmp_path / "machine-a").rglob("results/*.parquet"))  # machine b collected
     assert list((tmp_path / "machine-b").rglob("run.json"))  # its plan came from the bucket
     table_out = _download(f"{s3_env}/out/r.parquet", tmp_path / "r.parquet")
     assert table_out.num_rows == 40 and set(table_out.column("status").to_pylist()) == {"succeeded"}
     assert emulator.state.count("POST", "/v1/batches", 200) == 1
     assert emulator.state.count("POST", "/v1/files", 200) == 1
+
+
+def test_a_run_killed_after_its_first_upload_is_finished_by_another_machine(
+    s3_env: str, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Machine a uploads one of two request files and is SIGKILLed; machine b, with an empty
+    working copy, reruns the command: it re-attaches to the run, creates a batch from the file
+    a uploaded and uploads the other from its own copy of the shard (the ledger names the
+    shard as a planned it, on a's disk), sending nothing twice."""
+    table = _tables(tmp_path)["csv"]
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB + "shard_max_lines: 20\n")
+    locate(f"{s3_env}/in/reviews.csv").upload(table)
+    ledger = f"sqlite:///{tmp_path / 'shared-ledger.sqlite'}"
+    command = ["run", f"{s3_env}/in/reviews.csv", "--job", str(job), "-o", f"{s3_env}/out/k.parquet",
+               "--data-dir", f"{s3_env}/grok"]  # fmt: skip
+    killed = _attempt(
+        command,
+        emulator,
+        tmp_path / "machine-a",
+        GROK_BATCH_LEDGER_URL=ledger,
+        GROK_BATCH_CRASH_AT="after_upload",
+    )
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert emulator.state.count("POST", "/v1/files", 200) == 1
+    shutil.rmtree(tmp_path / "machine-a")  # its disk is gone with it: b has only the bucket
+
+    _cli(command, emulator, tmp_path / "machine-b", GROK_BATCH_LEDGER_URL=ledger)
+    table_out = _download(f"{s3_env}/out/k.parquet", tmp_path / "k.parquet")
+    assert table_out.num_rows == 40 and set(table_out.column("status").to_pylist()) == {"succeeded"}
+    assert emulator.state.count("POST", "/v1/files", 200) == 2  # each request file once
+    assert emulator.state.count("POST", "/v1/batches", 200) == 2  # each batch once
 
 
 @pytest.mark.parametrize(
