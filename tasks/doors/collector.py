@@ -11,7 +11,6 @@ its own budget; what it did not reach, the next pass takes.
 from __future__ import annotations
 
 import contextvars
-import os
 import queue
 import threading
 import time
@@ -27,6 +26,7 @@ from tasks.doors.drive import Advance, Finish
 from tasks.infra.errors import GrokBatchError, InputError, PassFailedError, ProviderError
 from tasks.infra.ledger import Ledger, RunBusyError
 from tasks.infra.logs import LOGGER, Log
+from tasks.infra.settings import number_setting
 from tasks.infra.work_copies import local_for
 from tasks.lifecycle import RunState
 from tasks.providers.base import BatchProvider
@@ -81,20 +81,10 @@ class PassLimits:
         """The defaults, or GROK_BATCH_COLLECT_CONCURRENCY / _RUN_BUDGET_S / _PASS_BUDGET_S."""
         default = cls()
         return cls(
-            concurrency=int(_setting(CONCURRENCY_ENV, default.concurrency)),
-            run_budget_s=_setting(RUN_BUDGET_ENV, default.run_budget_s),
-            pass_budget_s=_setting(PASS_BUDGET_ENV, default.pass_budget_s),
+            concurrency=int(number_setting(CONCURRENCY_ENV, default.concurrency, positive=True)),
+            run_budget_s=number_setting(RUN_BUDGET_ENV, default.run_budget_s, positive=True),
+            pass_budget_s=number_setting(PASS_BUDGET_ENV, default.pass_budget_s, positive=True),
         )
-
-
-def _setting(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"{name}={text!r} is not a number") from None
 
 
 def collect_pass(

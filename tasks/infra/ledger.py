@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from tasks.infra.errors import GrokBatchError
 from tasks.infra.logs import LOGGER
 from tasks.infra.processes import holder_is_dead, this_holder
+from tasks.infra.settings import number_setting
 from tasks.infra.work_copies import store_for
 from tasks.lifecycle import RunState, Step, check_run_state, check_step
 
@@ -132,11 +133,7 @@ LEASE_ENV = "GROK_BATCH_LEASE_S"
 
 
 def lease_seconds() -> float:
-    text = os.environ.get(LEASE_ENV, "").strip()
-    try:
-        return float(text) if text else LEASE_S
-    except ValueError:
-        raise GrokBatchError(f"{LEASE_ENV}={text!r} is not a number of seconds") from None
+    return number_setting(LEASE_ENV, LEASE_S, positive=True)
 
 
 # The leases this process holds, by (ledger URL, run key): [the thread holding it, how deep

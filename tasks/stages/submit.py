@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 
 from tasks.infra.crashpoints import AFTER_CREATE, AFTER_UPLOAD, crashpoint
-from tasks.infra.errors import InputError
 from tasks.infra.ledger import Ledger
 from tasks.infra.logs import LOGGER
 from tasks.infra.ratelimit import FleetLimiter, FleetRate
 from tasks.infra.run_layout import RunPaths
+from tasks.infra.settings import number_setting
 from tasks.infra.work_copies import local_for
 from tasks.lifecycle import BatchState, Step
 from tasks.providers.base import BatchProvider
@@ -37,14 +37,8 @@ def batch_create_rate(provider: BatchProvider) -> FleetRate:
     """The fleet's batch-creation rate at this provider's server: GROK_BATCH_BATCH_CREATES_PER_MINUTE
     (0: no limit of ours) if set, else the provider's documented limit with a margin."""
     per_minute, burst = DOCUMENTED_CREATE_RATES.get(provider.name, OTHER_CREATE_RATE)
-    configured = os.environ.get(CREATES_PER_MINUTE_ENV, "").strip()
-    if configured:
-        try:
-            per_minute, burst = float(configured), 1
-        except ValueError:
-            raise InputError(f"{CREATES_PER_MINUTE_ENV}={configured!r} is not a number") from None
-        if per_minute < 0:
-            raise InputError(f"{CREATES_PER_MINUTE_ENV}={configured!r} must be 0 (no limit) or more")
+    if os.environ.get(CREATES_PER_MINUTE_ENV, "").strip():  # set: exactly that, no burst
+        per_minute, burst = number_setting(CREATES_PER_MINUTE_ENV, per_minute), 1
     return FleetRate(f"batch-create {provider.name} {provider.base_url}", per_minute, burst)
 
 
