@@ -22,7 +22,6 @@ from tasks.doors import inbox
 from tasks.doors.admission import StartHome, admit_settled, no_home, raise_if_failed
 from tasks.infra.ledger import Ledger, default_ledger_url
 from tasks.infra.run_layout import data_root as data_root_of
-from tasks.infra.run_layout import root_url
 from tasks.infra.work_copies import url_for
 from tasks.start import Checked
 
@@ -43,7 +42,7 @@ def _start_home_in(data_root: Path) -> StartHome:
                     "input_path": url_for(checked.source.path),
                     "job": checked.job.model_dump(mode="json", exclude={"output"}),
                     "output": url_for(output),
-                    "data_dir": root_url(data_root),
+                    "data_dir": url_for(data_root),
                 },
                 timeout=0,
                 as_subflow=False,

@@ -11,12 +11,14 @@ import typer
 from flows.cli.options import DATA_DIR, MAX_WAIT_S, DataDir, MaxWait, Overwrite
 from flows.cli.render import console, fail, run_and_show, show_run_detail, show_runs
 from tasks.infra.errors import GrokBatchError
+from tasks.infra.work_copies import local_for
 
 
 def resume(
     run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run key (or a unique prefix of it).")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Override the run's output path.")
+        Path | None,
+        typer.Option("--output", "-o", parser=local_for, help="Override the run's output: a path or a URL."),
     ] = None,
     overwrite: Overwrite = False,
     wait: Annotated[bool, typer.Option(help="Wait for the batches to finish.")] = True,

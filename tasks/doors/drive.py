@@ -110,7 +110,7 @@ def check_command(
 ) -> tuple[start.Checked, Path, BatchProvider]:
     """Every check a run command passes before the ledger, Prefect or the service is touched:
     the input, the job, the output, the model's batch support, the API key's presence."""
-    output_path = output or (Path(job.output) if job.output else default_output(source.path, data_root))
+    output_path = output or (local_for(job.output) if job.output else default_output(source.path, data_root))
     checked = start.check(source, job, output_path, overwrite)
     provider = make_provider(checked.job.provider, checked.job.base_url)  # no API key: stops here
     return checked, output_path, provider

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.infra.storage import Location
-from tasks.infra.work_copies import local_for, pull_tree, push_tree, store_for, url_for
+from tasks.infra.work_copies import local_for, pull_tree, push_tree, store_for
 
 DATA_DIR_ENV = "GROK_BATCH_DATA_DIR"
 
@@ -22,19 +22,9 @@ def data_root(data_dir: str | Path | None = None) -> Path:
     (so every worker of a team can be pointed at the shared one).
 
     A URL (s3://bucket/grok) puts the data on a store: what is returned is then this machine's
-    working copy of it (tasks.infra.work_copies), a cache any worker may lose; `store_of`
-    gives the store back."""
+    working copy of it (tasks.infra.work_copies), a cache any worker may lose; `store_for`
+    and `url_for` there give the store back."""
     return local_for(str(data_dir or os.environ.get(DATA_DIR_ENV) or "data"))
-
-
-def store_of(root: Path) -> Location | None:
-    """The store a working root (or run directory) stands for, or None for data on this disk."""
-    return store_for(root)
-
-
-def root_url(root: Path) -> str:
-    """How another machine names this data root: the store's URL, else the folder."""
-    return url_for(root)
 
 
 def run_key(input_sha256: str, job_fingerprint: str, encoding: str = "utf-8") -> str:
