@@ -84,7 +84,9 @@ def prepare(ledger: Ledger, checked: Checked, runs_root: Path) -> RunHandle:
     plan = prepare_run(checked.source, checked.job, runs_root, checked.identity.input_sha)
     if not any(Step(row.step).sent for row in ledger.batches(checked.run_key)):
         check_budget(estimate_plan(plan, checked.job), checked.job)
-    paths.publish(paths.run_dir)  # before the ledger names the run: any worker can take it
+    # Before the ledger names the run, so any worker can take it; only what the store lacks (a
+    # journal another worker has since added to is theirs, not this stale copy's).
+    paths.publish(paths.run_dir, replace=False)
     return RunHandle(checked.run_key, paths.run_dir, plan, checked.source.recorded_as)
 
 

@@ -46,10 +46,11 @@ class RunPaths:
     def store(self) -> Location | None:
         return store_for(self.run_dir)
 
-    def publish(self, *finished: Path) -> int:
+    def publish(self, *finished: Path, replace: bool = True) -> int:
         """Upload these files (a folder: every file in it) unless the store has them at the
-        same size; returns how many went up. Nothing to do for a run on this disk."""
-        return push_tree(self.run_dir, *finished)
+        same size (or at all, when not `replace`); returns how many went up. Nothing to do for
+        a run on this disk."""
+        return push_tree(self.run_dir, *finished, replace=replace)
 
     def pull(self) -> int:
         """Fetch the run's files this machine lacks, or holds shorter (a journal another worker

@@ -107,9 +107,10 @@ def pull_tree(folder: Path) -> int:
     return fetched
 
 
-def push_tree(folder: Path, *finished: Path) -> int:
+def push_tree(folder: Path, *finished: Path, replace: bool = True) -> int:
     """Upload these files under the working copy `folder` (a folder among them: every file in
-    it) unless the store holds them at the same size; returns how many went up."""
+    it) unless the store holds them at the same size (or at all, when not `replace`); returns
+    how many went up."""
     store = store_for(folder)
     if store is None:
         return 0
@@ -120,7 +121,7 @@ def push_tree(folder: Path, *finished: Path) -> int:
             if not local.is_file() or local.name.endswith(".partial"):
                 continue
             remote = store.child(*local.relative_to(folder).parts)
-            if known.get(remote.path) != local.stat().st_size:
+            if remote.path not in known or (replace and known[remote.path] != local.stat().st_size):
                 remote.upload(local)
                 sent += 1
     return sent

@@ -262,16 +262,18 @@ def answer_planned(
             ledger.update_batch(name, finished=answered)
             return not ledger.cancel_requested(run_key)
 
-        complete = not ledger.cancel_requested(run_key) and answer_shard(
-            provider,
-            paths.shard_file(row.shard_path),
-            journal,
-            limits,
-            limiter,
-            heartbeat=heartbeat,
-            budget_s=remaining,
-        )
-        paths.publish(journal)  # answers paid for survive this machine (data on a store)
+        try:
+            complete = not ledger.cancel_requested(run_key) and answer_shard(
+                provider,
+                paths.shard_file(row.shard_path),
+                journal,
+                limits,
+                limiter,
+                heartbeat=heartbeat,
+                budget_s=remaining,
+            )
+        finally:  # answers paid for survive this machine (data on a store), an error included
+            paths.publish(journal)
         if not complete and not ledger.cancel_requested(run_key):
             break  # out of budget: the next call goes on from the journal
         # Complete, or cancelled (before or during the shard): rows never answered end cancelled.
